@@ -1,0 +1,3 @@
+"""lrpilot dashboard (being built)."""
+
+__all__: list[str] = []

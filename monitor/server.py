@@ -1,0 +1,513 @@
+"""The controller: one ZeroMQ ROUTER socket, one SQLite store, one thread.
+
+Clients (training runs) say Hello, stream Metrics batches and answer Commands; the CLI and
+the dashboard send Requests on the same socket. Each loop turn drains what has arrived,
+commits every metrics batch in one transaction, then acknowledges them, so an ack always
+means "on disk". Committed batches feed each run's :class:`RunController`, whose decisions
+become events and, in auto mode, LR commands.
+
+Anything that does not decode, or does not fit the run it claims, is counted by reason and
+dropped; it never stops the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ..client.protocol import (
+    MAX_MESSAGE_BYTES,
+    BatchAck,
+    Bye,
+    Command,
+    CommandAck,
+    Heartbeat,
+    Hello,
+    Metrics,
+    ProtocolError,
+    Rehello,
+    Reply,
+    Request,
+    Welcome,
+    check_endpoint,
+    check_lr,
+    decode,
+    encode,
+)
+from .control import Decision, RunController
+from .errors import ControllerError, LrpilotError, ServeError, StoreError, UnknownRun
+from .store import Store
+
+__all__ = ["Controller", "ControllerStats"]
+
+log = logging.getLogger("lrpilot.controller")
+
+#: Most messages handled per loop turn (bounds the latency of a request under load).
+_DRAIN_LIMIT = 2000
+
+
+@dataclass
+class _Session:
+    """A run that said Hello to this controller process."""
+
+    run_id: str
+    name: str
+    identity: bytes
+    control: RunController
+    last_heard: float
+    finished: bool = False
+
+
+@dataclass
+class ControllerStats:
+    """Counters shown by ``lrpilot status``."""
+
+    started: float = field(default_factory=time.time)
+    messages: int = 0
+    points: int = 0
+    batches: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    commands_sent: int = 0
+
+
+def _is_loopback(endpoint: str) -> bool:
+    if not endpoint.startswith("tcp://"):
+        return endpoint.startswith(("ipc://", "inproc://"))
+    host = endpoint[6:].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Controller:
+    """The lrpilot controller.
+
+    Args:
+        db: path of the SQLite database (created if missing).
+        listen: ZeroMQ endpoint to bind, e.g. ``tcp://127.0.0.1:5555`` (``:*`` picks a port;
+            read :attr:`endpoint` after :meth:`bind`).
+        stale_after: seconds of silence after which a run is shown as stale.
+        control_defaults: keyword arguments for every run's :class:`RunController`.
+
+    Raises:
+        ServeError: on :meth:`bind`, if the endpoint is malformed, not loopback, in use, or
+            the database is locked by another controller or cannot be written.
+    """
+
+    def __init__(
+        self,
+        db: str | Path,
+        listen: str = "tcp://127.0.0.1:5555",
+        *,
+        stale_after: float = 15.0,
+        control_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            self.listen = check_endpoint(listen)
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
+        if not _is_loopback(self.listen):
+            raise ServeError(
+                f"refusing to listen on {self.listen}: it is not a loopback address and this "
+                "controller has no client authentication; listen on tcp://127.0.0.1:PORT"
+            )
+        self.db_path = Path(db)
+        self.stale_after = stale_after
+        self.control_defaults = dict(control_defaults or {})
+        self.stats = ControllerStats()
+        self.endpoint = ""
+        self.store: Store | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self._lock_file: Any = None
+        self._sock: zmq.Socket | None = None
+        self._last_warned: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def bind(self) -> str:
+        """Lock and open the database, bind the socket; returns the bound endpoint."""
+        lock_path = self.db_path.with_name(self.db_path.name + ".lock")
+        try:
+            self._lock_file = open(lock_path, "a+")  # noqa: SIM115 - held until close()
+        except OSError as exc:
+            raise ServeError(
+                f"cannot create {lock_path}: {exc.strerror}; choose a writable --db"
+            ) from None
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise ServeError(
+                f"{self.db_path} is in use by another lrpilot controller; stop it or use "
+                "another --db"
+            ) from None
+        try:
+            self.store = Store(self.db_path, stale_after=self.stale_after)
+        except StoreError as exc:
+            self._release_lock()
+            raise ServeError(str(exc)) from None
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unreachable run raises, not drops
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        try:
+            sock.bind(self.listen)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            self.store.close()
+            self._release_lock()
+            if exc.errno == zmq.EADDRINUSE:
+                raise ServeError(
+                    f"{self.listen} is already in use (another lrpilot serve?); "
+                    "choose another --listen port"
+                ) from None
+            raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
+        self._sock = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn, commit, and return (thread- and signal-safe)."""
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        """Run until :meth:`stop`; binds first if needed; always releases socket and db."""
+        if self._sock is None:
+            self.bind()
+        assert self._sock is not None and self.store is not None
+        self.ready.set()
+        try:
+            while not self._stop.is_set():
+                self._turn(timeout_ms=100)
+        finally:
+            self._sock.close(0)
+            self._sock = None
+            self.store.close()
+            self._release_lock()
+
+    # ---------------------------------------------------------------- one turn
+
+    def _turn(self, timeout_ms: int) -> None:
+        sock = self._sock
+        assert sock is not None
+        if not sock.poll(timeout_ms):
+            return
+        pending: list[tuple[bytes, Metrics]] = []
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self.stats.messages += 1
+            if len(frames) < 2:
+                self._reject("no routing frame")
+                continue
+            identity, body = frames[0], frames[1:]
+            try:
+                msg = decode(body)
+            except ProtocolError as exc:
+                self._reject("undecodable", str(exc))
+                continue
+            if isinstance(msg, Metrics):
+                pending.append((identity, msg))
+                continue
+            if isinstance(msg, Bye):  # commit what came before it first
+                self._commit(pending)
+                pending = []
+            self._dispatch(identity, msg)
+        self._commit(pending)
+
+    def _reject(self, reason: str, detail: str = "") -> None:
+        self.stats.rejected[reason] += 1
+        now = time.monotonic()
+        if now - self._last_warned.get(reason, -60.0) >= 10.0:  # one line per kind per 10 s
+            self._last_warned[reason] = now
+            log.warning("dropped a message (%s)%s", reason, f": {detail[:200]}" if detail else "")
+
+    def _send(self, identity: bytes, msg: Any) -> bool:
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart([identity, *encode(msg)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # peer gone (ROUTER_MANDATORY) or its queue is full
+            return False
+
+    def _dispatch(self, identity: bytes, msg: Any) -> None:
+        assert self.store is not None
+        if isinstance(msg, Hello):
+            self._on_hello(identity, msg)
+            return
+        if isinstance(msg, Request):
+            self._send(identity, self._on_request(msg))
+            return
+        session = self._sessions.get(getattr(msg, "run_id", ""))
+        if session is None or session.identity != identity:
+            if isinstance(msg, (Heartbeat, CommandAck, Bye)):
+                self._send(identity, Rehello(run_id=msg.run_id))
+            self._reject("unknown run or wrong peer")
+            return
+        session.last_heard = time.time()
+        if isinstance(msg, Heartbeat):
+            self.store.touch(session.run_id)
+            self._send(
+                identity, BatchAck(run_id=msg.run_id, seq=self.store.committed_seq(msg.run_id))
+            )
+        elif isinstance(msg, CommandAck):
+            self._on_command_ack(session, msg)
+        elif isinstance(msg, Bye):
+            self.store.finish_run(session.run_id)
+            self.store.cancel_pending_commands(session.run_id, "the run finished first")
+            session.finished = True
+            committed = self.store.committed_seq(session.run_id)
+            self._send(identity, BatchAck(run_id=msg.run_id, seq=committed))
+            log.info("run %s (%s) finished", session.name, session.run_id)
+        else:
+            self._reject(f"unexpected {type(msg).__name__}")
+
+    def _on_hello(self, identity: bytes, hello: Hello) -> None:
+        assert self.store is not None
+        session = self._sessions.get(hello.run_id)
+        try:
+            committed = self.store.open_run(
+                hello.run_id, hello.run, host=hello.host, pid=hello.pid,
+                optimizer=hello.optimizer, control=hello.control, lrs=hello.lrs,
+                config=hello.config,
+            )  # fmt: skip
+        except StoreError as exc:
+            self._reject("store error", str(exc))
+            return
+        if session is None:
+            session = _Session(
+                run_id=hello.run_id, name=hello.run, identity=identity,
+                control=RunController(hello.control, **self.control_defaults),
+                last_heard=time.time(),
+            )  # fmt: skip
+            self._sessions[hello.run_id] = session
+            log.info("run %s (%s) connected, control=%s", hello.run, hello.run_id, hello.control)
+        session.identity = identity
+        session.finished = False
+        session.last_heard = time.time()
+        self._send(identity, Welcome(run_id=hello.run_id, committed_seq=committed))
+        for cmd in self.store.pending_commands(hello.run_id):  # e.g. sent before a restart
+            self._send_command(session, cmd.id, cmd.action, cmd.value, cmd.source, cmd.reason)
+
+    def _commit(self, pending: list[tuple[bytes, Metrics]]) -> None:
+        if not pending:
+            return
+        assert self.store is not None
+        accepted: list[tuple[bytes, Metrics]] = []
+        for identity, batch in pending:
+            session = self._sessions.get(batch.run_id)
+            if session is None or session.identity != identity:
+                self._reject("unknown run or wrong peer")
+                self._send(identity, Rehello(run_id=batch.run_id))
+                continue
+            accepted.append((identity, batch))
+        if not accepted:
+            return
+        try:
+            results = self.store.write_batches([b for _, b in accepted])
+        except (StoreError, UnknownRun) as exc:
+            self._reject("store error", str(exc))
+            return  # unacknowledged: the clients keep the batches and resend them
+        acks: dict[str, tuple[bytes, bool]] = {}
+        for (identity, batch), result in zip(accepted, results, strict=True):
+            gap = result == "gap"
+            prev = acks.get(batch.run_id)
+            acks[batch.run_id] = (identity, gap or (prev is not None and prev[1]))
+            if result == "written":
+                self.stats.batches += 1
+                self.stats.points += len(batch.steps)
+                self._observe(self._sessions[batch.run_id], batch)
+            elif result == "duplicate":
+                self.stats.duplicates += 1
+        for run_id, (identity, gap) in acks.items():
+            seq = self.store.committed_seq(run_id)
+            self._send(identity, BatchAck(run_id=run_id, seq=seq, resend=gap))
+
+    # ---------------------------------------------------------------- control
+
+    def _observe(self, session: _Session, batch: Metrics) -> None:
+        for decision in session.control.observe(batch.steps, batch.names, batch.keys, batch.values):
+            self._record_decision(session, decision)
+
+    def _record_decision(self, session: _Session, d: Decision) -> None:
+        assert self.store is not None
+        data = dict(d.data)
+        if d.command is not None:
+            data["command"] = list(d.command)
+        if d.why_not:
+            data["why_not"] = d.why_not
+        self.store.add_event(session.run_id, d.step, d.kind, d.reason, data)
+        if d.command is None:
+            log.info(
+                "run %s step %d: %s (no command: %s)", session.name, d.step, d.reason, d.why_not
+            )
+            return
+        action, value = d.command
+        run = self.store.run(session.run_id)
+        cid = self.store.add_command(
+            session.run_id, action, value, source="auto", who="lrpilot", reason=d.reason,
+            lrs_before=run.lrs,
+        )  # fmt: skip
+        log.info("run %s step %d: %s -> %s %g", session.name, d.step, d.reason, action, value)
+        self._send_command(session, cid, action, value, "auto", d.reason, trigger=d.kind)
+
+    def _send_command(
+        self, session: _Session, cid: int, action: str, value: float, source: str, reason: str,
+        trigger: str = "",
+    ) -> None:  # fmt: skip
+        assert self.store is not None
+        msg = Command(
+            run_id=session.run_id, command_id=cid, action=action, value=value, source=source,
+            reason=reason, trigger=trigger,
+        )  # fmt: skip
+        if self._send(session.identity, msg):
+            self.stats.commands_sent += 1
+            self.store.mark_command_sent(cid)
+
+    def _on_command_ack(self, session: _Session, ack: CommandAck) -> None:
+        assert self.store is not None
+        self.store.mark_command_done(
+            ack.command_id, step=ack.step, lrs=ack.lrs, ok=ack.ok, error=ack.error
+        )
+        if ack.ok:
+            session.control.lr_changed(ack.step)
+
+    # ---------------------------------------------------------------- requests
+
+    def _on_request(self, req: Request) -> Reply:
+        handler = getattr(self, f"_op_{req.op}", None)
+        if handler is None:
+            self._reject("unknown request")
+            return Reply(ok=False, error=f"unknown request {req.op!r}")
+        try:
+            return Reply(ok=True, data=handler(**req.args))
+        except LrpilotError as exc:
+            return Reply(ok=False, error=str(exc))
+        except (TypeError, ValueError) as exc:
+            self._reject("bad request")
+            return Reply(ok=False, error=f"bad request {req.op!r}: {exc}")
+
+    def _live_run(self, run: str) -> _Session:
+        assert self.store is not None
+        record = self.store.find_run(str(run))
+        session = self._sessions.get(record.id)
+        if record.status == "finished" or (session is not None and session.finished):
+            raise ControllerError(
+                f"run {record.name!r} ({record.id}) has finished; its LR can no longer change"
+            )
+        if session is None:
+            raise ControllerError(
+                f"run {record.name!r} ({record.id}) is not connected to this controller "
+                f"(status {record.status}); it reconnects by itself if it is still training"
+            )
+        return session
+
+    def _op_ping(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "db": str(self.db_path.resolve()), "pid": os.getpid()}
+
+    def _op_runs(self) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return [self._run_dict(r) for r in self.store.runs()]
+
+    def _run_dict(self, r: Any) -> dict[str, Any]:
+        d = asdict(r)
+        session = self._sessions.get(r.id)
+        if session is not None and session.control.paused and d["control"] != "off":
+            d["control"] = "paused"
+        return d
+
+    def _op_history(self, run: str) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return [asdict(c) for c in self.store.commands(self.store.find_run(str(run)).id)]
+
+    def _op_events(self, run: str) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return [asdict(e) for e in self.store.events(self.store.find_run(str(run)).id)]
+
+    def _op_command(self, id: int) -> dict[str, Any]:
+        assert self.store is not None
+        return asdict(self.store.command(int(id)))
+
+    def _op_set_lr(self, run: str, value: Any, who: str = "cli") -> dict[str, Any]:
+        return self._manual(run, "set", check_lr(value, "LR"), who)
+
+    def _op_scale_lr(self, run: str, factor: Any, who: str = "cli") -> dict[str, Any]:
+        return self._manual(run, "scale", check_lr(factor, "scale factor"), who)
+
+    def _manual(self, run: str, action: str, value: float, who: str) -> dict[str, Any]:
+        assert self.store is not None
+        session = self._live_run(run)
+        record = self.store.run(session.run_id)
+        if not record.lrs:
+            raise ControllerError(f"run {record.name!r} reports no optimizer; nothing to change")
+        reason = f"manual {action} {value:g} by {who}"
+        cid = self.store.add_command(
+            session.run_id, action, value, source="manual", who=str(who), reason=reason,
+            lrs_before=record.lrs,
+        )  # fmt: skip
+        if session.control.mode == "auto" and not session.control.paused:
+            session.control.pause()
+            self.store.add_event(
+                session.run_id, max(record.last_step, 0), "paused",
+                "manual LR change: automatic control paused until `lrpilot resume`",
+            )  # fmt: skip
+        self._send_command(session, cid, action, value, "manual", reason)
+        return {"command_id": cid, "run_id": session.run_id, "run": record.name}
+
+    def _op_pause(self, run: str) -> dict[str, Any]:
+        session = self._live_run(run)
+        session.control.pause()
+        return {"run_id": session.run_id, "control": "paused"}
+
+    def _op_resume(self, run: str) -> dict[str, Any]:
+        assert self.store is not None
+        session = self._live_run(run)
+        session.control.resume()
+        record = self.store.run(session.run_id)
+        self.store.add_event(
+            session.run_id, max(record.last_step, 0), "resumed", "automatic control resumed"
+        )
+        return {"run_id": session.run_id, "control": session.control.mode}
+
+    def _op_status(self) -> dict[str, Any]:
+        assert self.store is not None
+        elapsed = max(time.time() - self.stats.started, 1e-9)
+        live = sum(1 for r in self.store.runs() if r.status == "live")
+        size = sum(
+            p.stat().st_size for p in (self.db_path, Path(f"{self.db_path}-wal")) if p.exists()
+        )
+        return {
+            "endpoint": self.endpoint, "db": str(self.db_path.resolve()), "db_bytes": size,
+            "uptime_s": elapsed, "messages": self.stats.messages, "points": self.stats.points,
+            "points_per_s": self.stats.points / elapsed, "batches": self.stats.batches,
+            "duplicates": self.stats.duplicates, "rejected": dict(self.stats.rejected),
+            "live_runs": live, "commands_sent": self.stats.commands_sent,
+        }  # fmt: skip

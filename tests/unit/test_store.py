@@ -1,0 +1,120 @@
+"""The SQLite store: idempotent batches, run lookup, commands, read-only access."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+from lrpilot.client.protocol import Metrics
+from lrpilot.monitor.errors import StoreError, UnknownRun
+from lrpilot.monitor.store import Store
+
+
+def batch(seq: int, steps: list[int], run_id: str = "r1", base_seq: int = 0, loss: float = 1.0):
+    return Metrics(run_id=run_id, seq=seq, names=["loss", "lr"], steps=[*steps, steps[-1]],
+                   keys=[0] * len(steps) + [1], values=[loss] * len(steps) + [0.1],
+                   base_seq=base_seq)  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "t.db")
+    s.open_run("r1", "digits", lrs=[0.1], now=100.0)
+    return s
+
+
+def test_wal_mode_and_schema_version(store: Store) -> None:
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_resent_batches_are_ignored(store: Store) -> None:
+    assert store.write_batches([batch(1, [0, 1]), batch(2, [2])]) == ["written", "written"]
+    assert store.write_batches([batch(1, [0, 1]), batch(2, [2])]) == ["duplicate", "duplicate"]
+    assert store.committed_seq("r1") == 2
+    steps, _values = store.points("r1", "loss")
+    assert steps.tolist() == [0, 1, 2]
+    assert store.run("r1").points == 5
+
+
+def test_a_gap_is_not_committed_past_unless_the_client_dropped_it(store: Store) -> None:
+    store.write_batches([batch(1, [0])])
+    # seq 2 is still in the client's window (base_seq=2) but never arrived: refuse seq 3.
+    assert store.write_batches([batch(3, [2], base_seq=2)]) == ["gap"]
+    assert store.committed_seq("r1") == 1
+    # The client dropped seq 2 for good (its window starts at 3): accept.
+    assert store.write_batches([batch(3, [2], base_seq=3)]) == ["written"]
+    assert store.committed_seq("r1") == 3
+
+
+def test_nan_and_inf_values_round_trip(store: Store) -> None:
+    store.write_batches([batch(1, [0], loss=math.nan), batch(2, [1], loss=math.inf)])
+    _, values = store.points("r1", "loss")
+    assert math.isnan(values[0]) and values[1] == math.inf
+
+
+def test_run_summary_tracks_last_step_loss_and_lr(store: Store) -> None:
+    store.write_batches([batch(1, [0, 1, 2], loss=0.5)])
+    run = store.run("r1")
+    assert (run.last_step, run.last_loss, run.lrs) == (2, 0.5, [0.1])
+
+
+def test_find_run_by_name_takes_the_newest_then_by_id(store: Store) -> None:
+    store.open_run("r2", "digits", now=200.0)
+    assert store.find_run("digits").id == "r2"
+    assert store.find_run("r1").id == "r1"
+    with pytest.raises(UnknownRun, match="lrpilot runs"):
+        store.find_run("nope")
+
+
+def test_status_live_stale_finished(tmp_path: Path) -> None:
+    s = Store(tmp_path / "s.db", stale_after=10)
+    s.open_run("a", "a", now=1000.0)
+    assert s.run("a", now=1005.0).status == "live"
+    assert s.run("a", now=1011.0).status == "stale"
+    s.finish_run("a", now=1012.0)
+    assert s.run("a", now=5000.0).status == "finished"
+    s.open_run("a", "a", now=6000.0)  # the run came back
+    assert s.run("a", now=6001.0).status == "live"
+
+
+def test_command_lifecycle(store: Store) -> None:
+    cid = store.add_command("r1", "set", 0.01, source="manual", who="me", reason="r",
+                            lrs_before=[0.1])  # fmt: skip
+    assert store.command(cid).status == "pending"
+    store.mark_command_sent(cid)
+    assert [c.id for c in store.pending_commands("r1")] == [cid]
+    store.mark_command_done(cid, step=42, lrs=[0.01], ok=True)
+    c = store.command(cid)
+    assert (c.status, c.applied_step, c.lrs_after) == ("applied", 42, [0.01])
+    assert store.run("r1").lrs == [0.01]
+    assert store.pending_commands("r1") == []
+
+
+def test_reopening_keeps_the_committed_sequence(tmp_path: Path) -> None:
+    s = Store(tmp_path / "x.db")
+    s.open_run("r", "n")
+    s.write_batches([batch(1, [0], run_id="r")])
+    s.close()
+    s2 = Store(tmp_path / "x.db")
+    assert s2.open_run("r", "n") == 1
+
+
+def test_readonly_store_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "missing.db", readonly=True)
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot use"):
+        Store(tmp_path / "junk.db")
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(StoreError, match="not an lrpilot database"):
+        Store(tmp_path / "other.db", readonly=True)
+
+
+def test_readonly_reader_sees_the_writer(store: Store) -> None:
+    reader = Store(store.path, readonly=True)
+    store.write_batches([batch(1, [0, 1])])
+    assert reader.points("r1", "loss")[0].tolist() == [0, 1]
+    assert [n for _, n, _ in reader.iter_points("r1")] == ["loss", "loss", "lr"]
