@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 
@@ -105,6 +105,12 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+# Bounds that keep hostile numbers out of SQLite's 64-bit integers and out of memory.
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Text = Annotated[str, msgspec.Meta(max_length=2000)]
+
+
 class _Base(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True, frozen=True):
     pass
 
@@ -112,10 +118,10 @@ class _Base(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True, frozen
 class Hello(_Base, tag="hello"):
     """A client introduces its run; sent at start and again after any reconnect."""
 
-    run_id: str
+    run_id: Id
     run: str
-    host: str = ""
-    pid: int = 0
+    host: Text = ""
+    pid: Count = 0
     lrs: list[float] = []
     optimizer: str | None = None
     control: str = "advise"
@@ -131,24 +137,24 @@ class Hello(_Base, tag="hello"):
 class Welcome(_Base, tag="welcome"):
     """The controller accepts a Hello; ``committed_seq`` is the last batch it has stored."""
 
-    run_id: str
-    committed_seq: int
+    run_id: Id
+    committed_seq: Count
 
 
 class Metrics(_Base, tag="metrics"):
     """A batch of points, columnar: point i is (steps[i], names[keys[i]], values[i])."""
 
-    run_id: str
-    seq: int
+    run_id: Id
+    seq: Count
     names: list[str]
-    steps: list[int]
-    keys: list[int]
+    steps: list[Count]
+    keys: list[Count]
     values: list[float]
-    dropped: int = 0  # points the client had to drop so far (bounded buffer)
+    dropped: Count = 0  # points the client had to drop so far (bounded buffer)
     # Lowest seq still unacknowledged in the client's window when this batch was sent: every
     # seq below it is acknowledged or dropped for good, so the controller may skip a gap below
     # it but must not commit past a missing batch at or above it (it asks for a resend).
-    base_seq: int = 0
+    base_seq: Count = 0
 
     def __post_init__(self) -> None:
         _check_run_id(self.run_id)
@@ -170,28 +176,28 @@ class BatchAck(_Base, tag="ack"):
     """Batches up to and including ``seq`` are committed; ``resend`` asks for the rest again
     (a batch arrived after a gap, e.g. one lost in a reconnect)."""
 
-    run_id: str
-    seq: int
+    run_id: Id
+    seq: Count
     resend: bool = False
 
 
 class Heartbeat(_Base, tag="heartbeat"):
     """Liveness while no metrics flow; answered with a BatchAck."""
 
-    run_id: str
-    step: int
+    run_id: Id
+    step: Count
 
 
 class Command(_Base, tag="command"):
     """Change the LR: ``set`` group 0 to ``value`` (others keep their ratio) or ``scale`` all."""
 
-    run_id: str
-    command_id: int
+    run_id: Id
+    command_id: Count
     action: str
     value: float
-    source: str = "manual"
-    reason: str = ""
-    trigger: str = ""  # the detection behind an automatic command (e.g. "divergence")
+    source: Text = "manual"
+    reason: Text = ""
+    trigger: Text = ""  # the detection behind an automatic command (e.g. "divergence")
 
     def __post_init__(self) -> None:
         if self.action not in LR_ACTIONS:
@@ -202,33 +208,33 @@ class Command(_Base, tag="command"):
 class CommandAck(_Base, tag="command_ack"):
     """The client applied (or refused) a command; ``step`` is the first step run with it."""
 
-    run_id: str
-    command_id: int
-    step: int
+    run_id: Id
+    command_id: Count
+    step: Count
     lrs: list[float] = []
     ok: bool = True
-    error: str = ""
+    error: Text = ""
 
 
 class Rehello(_Base, tag="rehello"):
     """The controller does not know this run in its current session: send Hello again."""
 
-    run_id: str
+    run_id: Id
 
 
 class Bye(_Base, tag="bye"):
     """The run finished; ``last_seq`` is the last batch the client sent."""
 
-    run_id: str
-    last_seq: int
-    step: int = 0
-    dropped: int = 0
+    run_id: Id
+    last_seq: Count
+    step: Count = 0
+    dropped: Count = 0
 
 
 class Request(_Base, tag="request"):
     """A CLI or dashboard request to the controller: ``op`` names it, ``args`` carries it."""
 
-    op: str
+    op: Annotated[str, msgspec.Meta(max_length=64)]
     args: dict[str, Any] = {}
 
 
@@ -237,7 +243,7 @@ class Reply(_Base, tag="reply"):
 
     ok: bool
     data: Any = None
-    error: str = ""
+    error: Text = ""
 
 
 Message = Union[  # noqa: UP007 - msgspec wants a typing.Union of tagged structs

@@ -238,10 +238,24 @@ class Controller:
                 pending.append((identity, msg))
                 continue
             if isinstance(msg, Bye):  # commit what came before it first
-                self._commit(pending)
+                self._guarded(self._commit, pending)
                 pending = []
-            self._dispatch(identity, msg)
-        self._commit(pending)
+            self._guarded(self._dispatch, identity, msg)
+        self._guarded(self._commit, pending)
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """Run one message's handling; a failure is counted and logged, never fatal: one bad
+        message (or a full disk) must not stop the service for every other run."""
+        try:
+            fn(*args)
+        except StoreError as exc:
+            self._reject("store error", str(exc))
+        except Exception:
+            self.stats.rejected["internal error"] += 1
+            now = time.monotonic()
+            if now - self._last_warned.get("internal error", -60.0) >= 10.0:
+                self._last_warned["internal error"] = now
+                log.exception("internal error while handling a message (counted, not fatal)")
 
     def _reject(self, reason: str, detail: str = "") -> None:
         self.stats.rejected[reason] += 1

@@ -81,6 +81,9 @@ def test_losses_stored_and_set_lr_applied_at_the_acked_step(serve: ServeProcess,
     jsonl = lrpilot("export", "spine", "--format", "jsonl", "--db", str(serve.db)).stdout
     assert len(jsonl.splitlines()) == len(points)
 
+    late = lrpilot("set-lr", "spine", "0.1", "--endpoint", serve.endpoint)
+    assert late.returncode == 1 and "has finished" in late.stderr
+
 
 def test_scale_keeps_the_ratio_of_two_param_groups(serve: ServeProcess, tmp_path: Path):
     out = tmp_path / "train.json"
