@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -107,12 +108,43 @@ def _events(args: argparse.Namespace) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- commands
 
 
+def _http_address(text: str) -> tuple[str, int] | None:
+    """argparse type for --http: HOST:PORT, or 'off'."""
+    if text == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or off, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("LRPILOT_TOKEN") or None
+
+
+def start_dashboard(db: str, endpoint: str | None, http: tuple[str, int], token: str | None) -> Any:
+    """Serve the dashboard for ``db`` in a thread (read-only when ``endpoint`` is None)."""
+    from ..dashboard import create_app, serve_dashboard
+
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    controller = ControllerClient(endpoint) if endpoint else None
+    app = create_app(Store(db, readonly=True), controller, token=token, readonly=not endpoint)
+    return serve_dashboard(app, *http)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Controller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lrpilot %(message)s")
-    controller = Controller(args.db, args.listen, stale_after=args.stale_after)
+    controller = Controller(args.db, args.listen, stale_after=args.stale_after, policy=args.policy)
     endpoint = controller.bind()
+    dashboard = None
+    try:
+        if args.http is not None:
+            dashboard = start_dashboard(args.db, endpoint, args.http, _token(args))
+    except LrpilotError:
+        controller.close()
+        raise
 
     def _stop(signum: int, _frame: Any) -> None:
         controller.stop()
@@ -120,9 +152,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     print(f"lrpilot controller listening on {endpoint}, storing to {args.db}", flush=True)
+    if dashboard is not None:
+        print(f"dashboard at {dashboard.url}", flush=True)
+    if args.policy:
+        print(f"policy {args.policy} (reloaded on save)", flush=True)
     print("stop with Ctrl-C", flush=True)
-    controller.serve_forever()
+    try:
+        controller.serve_forever()
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
     print(f"lrpilot controller stopped; {controller.stats.points} points stored", flush=True)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    Store(args.db, readonly=True).close()  # a clear error now rather than in the page
+    server = start_dashboard(args.db, None, args.http, _token(args))
+    print(f"dashboard (read-only) for {args.db} at {server.url}; stop with Ctrl-C", flush=True)
+    stop = False
+
+    def _stop(signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        server.stop()
     return 0
 
 
@@ -176,6 +236,10 @@ def cmd_pause(args: argparse.Namespace) -> int:
     ControllerClient(args.endpoint, args.timeout).request("pause", run=args.run)
     print(f"automatic control of {args.run} paused")
     return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _change_lr(args, "approve")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -263,7 +327,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(steps=args.steps, db=args.db, lr=args.lr, keep=args.keep, pace=args.pace)
+    return run_demo(
+        steps=args.steps, db=args.db, lr=args.lr, keep=args.keep, pace=args.pace, http=args.http
+    )
 
 
 # --------------------------------------------------------------------------- parser
@@ -300,10 +366,26 @@ def build_parser() -> argparse.ArgumentParser:
         if db:
             sp.add_argument("--db", help="read this database file directly (no controller)")
 
-    sp = add("serve", cmd_serve, "run the controller")
+    def http(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--http", type=_http_address, default=("127.0.0.1", 8050), metavar="HOST:PORT",
+            help="dashboard address, or 'off' (default 127.0.0.1:8050)",
+        )  # fmt: skip
+        sp.add_argument(
+            "--token", help="secret required by the dashboard's write actions (default "
+            "$LRPILOT_TOKEN); required when --http is not on loopback",
+        )  # fmt: skip
+
+    sp = add("serve", cmd_serve, "run the controller (and the dashboard)")
     sp.add_argument("--db", default="lrpilot.db", help="SQLite file (default %(default)s)")
     sp.add_argument("--listen", default=_endpoint_default(), help="endpoint (default %(default)s)")
+    sp.add_argument("--policy", help="policy TOML file, reloaded on save (docs/policy.md)")
     sp.add_argument("--stale-after", type=float, default=15.0, help="seconds before stale")
+    http(sp)
+
+    sp = add("dashboard", cmd_dashboard, "serve the dashboard for a database file, read-only")
+    sp.add_argument("--db", required=True, help="SQLite file written by lrpilot serve")
+    http(sp)
 
     sp = add("runs", cmd_runs, "list runs")
     remote(sp, db=True)
@@ -319,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-wait", action="store_true", help="return once the command is sent")
         sp.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait")
         remote(sp)
+
+    sp = add("approve", cmd_approve, "apply the LR change lrpilot advised for a run")
+    sp.add_argument("run")
+    sp.add_argument("--no-wait", action="store_true", help="return once the command is sent")
+    sp.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait")
+    remote(sp)
 
     for name, fn, what in (
         ("pause", cmd_pause, "pause automatic LR control of a run"),
@@ -352,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lr", type=_number, default=None, help="starting LR (default: too high)")
     sp.add_argument("--db", default=None, help="keep the demo's database here")
     sp.add_argument("--keep", action="store_true", help="keep serving after training ends")
+    sp.add_argument(
+        "--http", type=_http_address, default=("127.0.0.1", 8050), metavar="HOST:PORT",
+        help="dashboard address, or 'off'; a busy port falls back to a free one",
+    )  # fmt: skip
     return p
 
 

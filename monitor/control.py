@@ -4,91 +4,174 @@ Pure: no sockets, no store, no clock. The server owns one :class:`RunController`
 calls :meth:`RunController.observe` with every committed metrics batch, records each returned
 :class:`Decision` as an event, and sends its command when there is one.
 
-This is the spine's minimal rule (a plateau of the smoothed loss halves the LR); the real
-detectors and the policy replace its inside, not its interface.
+Inside, each series feeds the detectors that watch it (see :class:`~.policy.RunPolicy`):
+"loss" feeds plateau, oscillation, spike and divergence; "grad_norm" a divergence detector
+for non-finite values; "cos_grad_update" the alignment detector; "lr" (group 0's LR, sent
+when it changes) is remembered for the policy's bounds. Every detection goes through the
+:class:`~.policy.Policy`, which returns the decision.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
+
+from .detectors import (
+    AlignmentDetector,
+    Detection,
+    Detector,
+    DivergenceConfig,
+    DivergenceDetector,
+    OscillationDetector,
+    PlateauDetector,
+    SpikeDetector,
+)
+from .policy import CONTROL_MODES, Decision, Policy, RunPolicy, priority
 
 __all__ = ["CONTROL_MODES", "Decision", "RunController"]
 
-CONTROL_MODES = ("auto", "advise", "off")
+# Reset when the LR changes: what they measured belongs to the old LR.
+_RESET_ON_LR_CHANGE = ("plateau", "oscillation", "alignment")
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What the controller concluded at ``step``.
-
-    ``kind`` names the detection (plateau, oscillation, spike, divergence...). ``command`` is
-    ``("scale", factor)`` or ``("set", lr)`` when the LR should change *now*, else None, in
-    which case ``why_not`` says why no command was sent (advise, off, paused, cooldown...).
-    """
-
-    step: int
-    kind: str
-    reason: str
-    command: tuple[str, float] | None = None
-    why_not: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
+def _build_detectors(policy: RunPolicy) -> dict[str, Detector]:
+    grad = DivergenceConfig(series="grad_norm", stuck_after=0, rise=math.inf)
+    return {
+        "plateau": PlateauDetector(policy.plateau),
+        "oscillation": OscillationDetector(policy.oscillation),
+        "spike": SpikeDetector(policy.spike),
+        "divergence": DivergenceDetector(policy.divergence),
+        "grad_divergence": DivergenceDetector(grad),
+        "alignment": AlignmentDetector(policy.alignment),
+    }
 
 
 class RunController:
     """Watches one run and decides on LR changes.
 
     Args:
-        mode: ``auto`` (send commands), ``advise`` (record what would be done), ``off``.
-        patience: steps without a relative improvement of ``threshold`` in the smoothed loss
-            before a plateau is declared.
-        factor: LR multiplier applied on a plateau.
-        cooldown: steps after any change during which no new decision is taken.
-        min_lr: never go below this LR.
+        mode: what the run asked for: ``auto`` (send commands), ``advise`` (record what would
+            be done and wait for :meth:`approve`), ``off`` (only watch). A policy whose
+            ``rules.mode`` is set (a per-run override in the policy file) wins.
+        policy: the rules and detector settings, e.g. ``policy_file.for_run(name)``; the
+            documented defaults when None.
+        patience, threshold, factor, cooldown, min_lr: shortcuts that override the policy's
+            plateau ``patience`` (its window, in steps) and ``threshold``, and the rules'
+            ``factor``, ``cooldown`` and ``min_lr``.
+        smoothing: accepted for compatibility with the first rule; no longer used.
+
+    Example:
+        >>> ctl = RunController("auto", patience=64)
+        >>> ds = ctl.observe(list(range(100)), ["loss"], [0] * 100, [1.0] * 100)
+        >>> [(d.step, d.kind, d.command) for d in ds]
+        [(63, 'plateau', ('scale', 0.5))]
     """
 
     def __init__(
         self,
         mode: str = "advise",
         *,
-        patience: int = 200,
-        threshold: float = 0.01,
-        factor: float = 0.5,
-        cooldown: int = 100,
-        min_lr: float = 1e-7,
-        smoothing: float = 0.98,
+        policy: RunPolicy | None = None,
+        patience: int | None = None,
+        threshold: float | None = None,
+        factor: float | None = None,
+        cooldown: int | None = None,
+        min_lr: float | None = None,
+        smoothing: float | None = None,
     ) -> None:
         if mode not in CONTROL_MODES:
             raise ValueError(f"mode must be one of {CONTROL_MODES}, got {mode!r}")
-        self.mode = mode
-        self.paused = False
-        self.patience = patience
-        self.threshold = threshold
-        self.factor = factor
-        self.cooldown = cooldown
-        self.min_lr = min_lr
-        self.smoothing = smoothing
-        self._ema: float | None = None
-        self._best = math.inf
-        self._best_step = 0
-        self._quiet_until = -1
+        del smoothing
+        policy = policy or RunPolicy()
+        plateau: dict[str, Any] = {}
+        if patience is not None:
+            plateau["patience"] = patience
+            if patience < 8:  # too few points for a trend test: count bad points as torch does
+                plateau["method"] = "torch"
+            else:  # a short window still needs a few blocks to test a trend on
+                plateau["blocks"] = min(policy.plateau.blocks, patience)
+        if threshold is not None:
+            plateau["threshold"] = threshold
+        rules: dict[str, Any] = {}
+        for name, value in (("factor", factor), ("cooldown", cooldown), ("min_lr", min_lr)):
+            if value is not None:
+                rules[name] = value
+        if plateau or rules:
+            policy = replace(
+                policy,
+                plateau=replace(policy.plateau, **plateau),
+                rules=replace(policy.rules, **rules),
+            )
+        self._policy = policy
+        self._rules = Policy(policy.rules, mode)
+        self._detectors = _build_detectors(policy)
+        self._route()
         self._lr: float | None = None
+
+    # -- the interface the server uses
+
+    @property
+    def mode(self) -> str:
+        """The mode in force (``auto``, ``advise`` or ``off``)."""
+        return self._rules.mode
+
+    @property
+    def paused(self) -> bool:
+        """Whether a manual override holds automatic commands back."""
+        return self._rules.paused
+
+    @property
+    def policy(self) -> RunPolicy:
+        """The policy in force."""
+        return self._policy
+
+    @property
+    def lr(self) -> float | None:
+        """Group 0's LR as last reported by the run, or None before the first report."""
+        return self._lr
 
     def pause(self) -> None:
         """A person took over the LR: stop automatic commands until :meth:`resume`."""
-        self.paused = True
+        self._rules.pause()
 
     def resume(self) -> None:
         """Hand the LR back to automatic control; the plateau clock starts afresh."""
-        self.paused = False
-        self._best = math.inf
+        self._rules.resume()
+        self._detectors["plateau"].reset()
 
     def lr_changed(self, step: int) -> None:
-        """An LR change took effect at ``step``: restart the plateau clock, enter cooldown."""
-        self._best = math.inf
-        self._quiet_until = step + self.cooldown
+        """An LR change took effect at ``step``: enter cooldown, restart the LR-bound detectors."""
+        self._rules.changed(step)
+        for name in _RESET_ON_LR_CHANGE:
+            self._detectors[name].reset()
+
+    def approve(self) -> Decision | None:
+        """The advised command awaiting approval, as a decision to send now; None if none.
+
+        Works in any mode: a person approving is the point. Cooldown and cap count it.
+        """
+        return self._rules.approve()
+
+    @property
+    def pending(self) -> Decision | None:
+        """The advised decision awaiting approval, with the command it would send, or None."""
+        return self._rules.pending
+
+    def set_policy(self, policy: RunPolicy) -> None:
+        """Put a new policy in force (a reloaded policy file).
+
+        Rules change at once and keep their counters; a detector whose settings changed starts
+        afresh, the others keep their state.
+        """
+        fresh = _build_detectors(policy)
+        for name, det in fresh.items():
+            if det.config != self._detectors[name].config:
+                self._detectors[name] = det
+        self._rules.set_config(policy.rules)
+        self._policy = policy
+        self._route()
 
     def observe(
         self,
@@ -97,46 +180,54 @@ class RunController:
         keys: Sequence[int],
         values: Sequence[float],
     ) -> list[Decision]:
-        """Feed one metrics batch (columnar, as on the wire); return the decisions it caused."""
-        try:
-            loss_key = names.index("loss")
-        except ValueError:
-            loss_key = -1
+        """Feed one metrics batch (columnar, as on the wire); return the decisions it caused.
+
+        Point i is ``(steps[i], names[keys[i]], values[i])``. A step at or before the last
+        one seen for a series (the run restarted from a checkpoint) restarts every detector
+        and yields a ``restart`` decision without a command.
+        """
+        by_key = [self._routes.get(name, ()) for name in names]
         lr_key = names.index("lr") if "lr" in names else -1
+        loss_key = names.index("loss") if "loss" in names else -1
         out: list[Decision] = []
         for step, key, value in zip(steps, keys, values, strict=True):
             if key == lr_key:
-                self._lr = value
-            elif key == loss_key and math.isfinite(value):
-                decision = self._update(step, value)
-                if decision is not None:
-                    out.append(decision)
+                if math.isfinite(value) and value > 0:
+                    self._lr = float(value)
+                continue
+            found: list[Detection] = []
+            for det in by_key[key]:
+                last = det.last_step
+                if last is not None and step <= last:
+                    out.append(self._restart(step, names[key], last))
+                hit = det.update(step, value)
+                if hit is not None:
+                    found.append(hit)
+            if key == loss_key:
+                undo = self._rules.observe_loss(step, value)
+                if undo is not None:
+                    out.append(undo)
+            if len(found) > 1:
+                found.sort(key=priority)
+            for hit in found:
+                out.append(self._rules.decide(hit, self._lr))
         return out
 
-    def _update(self, step: int, loss: float) -> Decision | None:
-        a = self.smoothing
-        self._ema = loss if self._ema is None else a * self._ema + (1 - a) * loss
-        if self._ema < self._best * (1 - self.threshold) or self._best == math.inf:
-            self._best, self._best_step = self._ema, step
-            return None
-        if step < self._quiet_until or step - self._best_step < self.patience:
-            return None
-        reason = (
-            f"plateau: smoothed loss {self._ema:.4g} has not improved by {self.threshold:.0%}"
-            f" on {self._best:.4g} for {step - self._best_step} steps (patience {self.patience})"
+    # -- inside
+
+    def _route(self) -> None:
+        routes: dict[str, list[Detector]] = {}
+        for det in self._detectors.values():
+            routes.setdefault(det.config.series, []).append(det)
+        self._routes = routes
+
+    def _restart(self, step: int, series: str, last: int) -> Decision:
+        for det in self._detectors.values():
+            det.reset()
+        return Decision(
+            step,
+            "restart",
+            f"restart: {series} went back from step {last} to {step} (resumed from a "
+            "checkpoint?); detectors restarted",
+            data={"from": last, "to": step},
         )
-        data = {"ema": self._ema, "best": self._best, "since": self._best_step}
-        self._best, self._best_step = self._ema, step  # one decision per plateau
-        command: tuple[str, float] | None = ("scale", self.factor)
-        why_not = ""
-        if self.mode != "auto":
-            why_not = self.mode
-        elif self.paused:
-            why_not = "paused (manual override)"
-        elif self._lr is not None and self._lr * self.factor < self.min_lr:
-            why_not = f"bound: LR {self._lr:.3g} x {self.factor} is below min_lr {self.min_lr:.3g}"
-        if why_not:
-            command = None
-        else:
-            self._quiet_until = step + self.cooldown
-        return Decision(step, "plateau", reason, command, why_not, data)

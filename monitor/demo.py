@@ -32,11 +32,27 @@ def _digits(seed: int = 0):  # type: ignore[no-untyped-def]
     return x[perm[:1400]], y[perm[:1400]], x[perm[1400:]], y[perm[1400:]]
 
 
+def _start_dashboard(db: str, endpoint: str, http: tuple[str, int], console: Console):  # type: ignore[no-untyped-def]
+    """The dashboard on ``http``; if that port is taken (say, by a real `lrpilot serve`),
+    on a free one instead, since a demo should just work."""
+    from .cli import start_dashboard
+    from .errors import ServeError
+
+    try:
+        server = start_dashboard(db, endpoint, http, None)
+    except ServeError:
+        server = start_dashboard(db, endpoint, (http[0], 0), None)
+    console.print(f"[bold green]dashboard: {server.url}[/]  (open it to watch the run live)")
+    return server
+
+
 def run_demo(
     steps: int = 2000, db: str | None = None, lr: float | None = None, keep: bool = False,
-    pace: float = 0.015, console: Console | None = None,
+    pace: float = 0.015, http: tuple[str, int] | None = ("127.0.0.1", 8050),
+    console: Console | None = None,
 ) -> int:  # fmt: skip
-    """Start a controller, train an MLP on digits with ``control="auto"``, show the fixes."""
+    """Start a controller and the dashboard, train an MLP on digits with ``control="auto"``,
+    and show the controller's corrections in the terminal and in the browser."""
     import torch
 
     from ..client import Monitor
@@ -52,7 +68,10 @@ def run_demo(
     endpoint = controller.bind()
     thread = threading.Thread(target=controller.serve_forever, name="lrpilot-controller")
     thread.start()
+    dashboard = None
     console.print(f"[bold]lrpilot demo[/]: controller on {endpoint}, database {db}")
+    if http is not None:
+        dashboard = _start_dashboard(db, endpoint, http, console)
     console.print(
         f"training a 64-128-128-10 MLP on scikit-learn digits with Adam at lr={lr:g} "
         "(far too high), control=auto"
@@ -109,7 +128,8 @@ def run_demo(
         )
         console.print(f"inspect: lrpilot history demo-digits --db {db}")
         if keep:
-            console.print(f"controller still serving on {endpoint}; Ctrl-C to stop")
+            where = f" and the dashboard at {dashboard.url}" if dashboard else ""
+            console.print(f"controller still serving on {endpoint}{where}; Ctrl-C to stop")
             while thread.is_alive():
                 thread.join(0.5)
         return 0
@@ -117,6 +137,8 @@ def run_demo(
         console.print("interrupted; stopping")
         return 130
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         controller.stop()
         thread.join(10)
         if tmp is not None:

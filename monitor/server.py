@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from ..client.protocol import (
 )
 from .control import Decision, RunController
 from .errors import ControllerError, LrpilotError, ServeError, StoreError, UnknownRun
+from .policy_file import DEFAULT_POLICY, PolicyFile, PolicyFileError, PolicyWatcher
 from .store import Store
 
 __all__ = ["Controller", "ControllerStats"]
@@ -103,6 +104,8 @@ class Controller:
             read :attr:`endpoint` after :meth:`bind`).
         stale_after: seconds of silence after which a run is shown as stale.
         control_defaults: keyword arguments for every run's :class:`RunController`.
+        policy: a policy TOML file (docs/policy.md), watched and hot-reloaded; a broken
+            save keeps the last good policy.
 
     Raises:
         ServeError: on :meth:`bind`, if the endpoint is malformed, not loopback, in use, or
@@ -116,6 +119,7 @@ class Controller:
         *,
         stale_after: float = 15.0,
         control_defaults: dict[str, Any] | None = None,
+        policy: str | Path | None = None,
     ) -> None:
         try:
             self.listen = check_endpoint(listen)
@@ -129,6 +133,10 @@ class Controller:
         self.db_path = Path(db)
         self.stale_after = stale_after
         self.control_defaults = dict(control_defaults or {})
+        self.policy_path = Path(policy) if policy is not None else None
+        self.policy: PolicyFile = DEFAULT_POLICY
+        self._watcher: PolicyWatcher | None = None
+        self._policy_updates: deque[PolicyFile] = deque()
         self.stats = ControllerStats()
         self.endpoint = ""
         self.store: Store | None = None
@@ -142,7 +150,16 @@ class Controller:
     # ---------------------------------------------------------------- lifecycle
 
     def bind(self) -> str:
-        """Lock and open the database, bind the socket; returns the bound endpoint."""
+        """Load the policy, lock and open the database, bind the socket; returns the endpoint."""
+        if self.policy_path is not None:
+            try:
+                self._watcher = PolicyWatcher(
+                    self.policy_path, on_change=self._policy_updates.append,
+                    on_error=lambda line: log.warning("policy not reloaded: %s", line),
+                )  # fmt: skip
+            except PolicyFileError as exc:
+                raise ServeError(str(exc)) from None
+            self.policy = self._watcher.policy
         lock_path = self.db_path.with_name(self.db_path.name + ".lock")
         try:
             self._lock_file = open(lock_path, "a+")  # noqa: SIM115 - held until close()
@@ -192,6 +209,15 @@ class Controller:
             self._lock_file.close()
             self._lock_file = None
 
+    def close(self) -> None:
+        """Release socket, database and lock of a controller that was bound but not served."""
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        if self.store is not None:
+            self.store.close()
+        self._release_lock()
+
     def stop(self) -> None:
         """Ask the loop to finish its turn, commit, and return (thread- and signal-safe)."""
         self._stop.set()
@@ -201,15 +227,29 @@ class Controller:
         if self._sock is None:
             self.bind()
         assert self._sock is not None and self.store is not None
+        if self._watcher is not None:
+            self._watcher.start()
         self.ready.set()
         try:
             while not self._stop.is_set():
                 self._turn(timeout_ms=100)
+                while self._policy_updates:  # saved by the watcher's thread, applied here
+                    self._apply_policy(self._policy_updates.popleft())
         finally:
+            if self._watcher is not None:
+                self._watcher.stop()
             self._sock.close(0)
             self._sock = None
             self.store.close()
             self._release_lock()
+
+    def _apply_policy(self, policy: PolicyFile) -> None:
+        self.policy = policy
+        for session in self._sessions.values():
+            if not session.finished:
+                session.control.set_policy(policy.for_run(session.name))
+        log.info("policy reloaded from %s; applied to %d live run(s)", self.policy_path,
+                 sum(not s.finished for s in self._sessions.values()))  # fmt: skip
 
     # ---------------------------------------------------------------- one turn
 
@@ -317,13 +357,19 @@ class Controller:
             self._reject("store error", str(exc))
             return
         if session is None:
+            control = RunController(
+                hello.control, policy=self.policy.for_run(hello.run), **self.control_defaults
+            )
             session = _Session(
-                run_id=hello.run_id, name=hello.run, identity=identity,
-                control=RunController(hello.control, **self.control_defaults),
+                run_id=hello.run_id, name=hello.run, identity=identity, control=control,
                 last_heard=time.time(),
             )  # fmt: skip
             self._sessions[hello.run_id] = session
-            log.info("run %s (%s) connected, control=%s", hello.run, hello.run_id, hello.control)
+            if control.mode != hello.control:  # the policy file overrides what the run asked
+                self.store.set_control(hello.run_id, control.mode)
+            log.info("run %s (%s) connected, control=%s", hello.run, hello.run_id, control.mode)
+        elif session.control.paused:
+            self.store.set_control(hello.run_id, "paused")
         session.identity = identity
         session.finished = False
         session.last_heard = time.time()
@@ -371,7 +417,7 @@ class Controller:
         for decision in session.control.observe(batch.steps, batch.names, batch.keys, batch.values):
             self._record_decision(session, decision)
 
-    def _record_decision(self, session: _Session, d: Decision) -> None:
+    def _record_decision(self, session: _Session, d: Decision, source: str = "auto") -> None:
         assert self.store is not None
         data = dict(d.data)
         if d.command is not None:
@@ -387,11 +433,11 @@ class Controller:
         action, value = d.command
         run = self.store.run(session.run_id)
         cid = self.store.add_command(
-            session.run_id, action, value, source="auto", who="lrpilot", reason=d.reason,
+            session.run_id, action, value, source=source, who="lrpilot", reason=d.reason,
             lrs_before=run.lrs,
         )  # fmt: skip
         log.info("run %s step %d: %s -> %s %g", session.name, d.step, d.reason, action, value)
-        self._send_command(session, cid, action, value, "auto", d.reason, trigger=d.kind)
+        self._send_command(session, cid, action, value, source, d.reason, trigger=d.kind)
 
     def _send_command(
         self, session: _Session, cid: int, action: str, value: float, source: str, reason: str,
@@ -425,7 +471,7 @@ class Controller:
             return Reply(ok=True, data=handler(**req.args))
         except LrpilotError as exc:
             return Reply(ok=False, error=str(exc))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. id=1e300 from a stranger
             self._reject("bad request")
             return Reply(ok=False, error=f"bad request {req.op!r}: {exc}")
 
@@ -489,6 +535,7 @@ class Controller:
         )  # fmt: skip
         if session.control.mode == "auto" and not session.control.paused:
             session.control.pause()
+            self.store.set_control(session.run_id, "paused")
             self.store.add_event(
                 session.run_id, max(record.last_step, 0), "paused",
                 "manual LR change: automatic control paused until `lrpilot resume`",
@@ -497,14 +544,36 @@ class Controller:
         return {"command_id": cid, "run_id": session.run_id, "run": record.name}
 
     def _op_pause(self, run: str) -> dict[str, Any]:
+        assert self.store is not None
         session = self._live_run(run)
         session.control.pause()
+        self.store.set_control(session.run_id, "paused")
+        record = self.store.run(session.run_id)
+        self.store.add_event(
+            session.run_id, max(record.last_step, 0), "paused", "automatic control paused"
+        )
         return {"run_id": session.run_id, "control": "paused"}
+
+    def _op_approve(self, run: str, who: str = "cli") -> dict[str, Any]:
+        assert self.store is not None
+        session = self._live_run(run)
+        decision = session.control.approve()
+        if decision is None or decision.command is None:
+            raise ControllerError(
+                f"run {session.name!r} has no advised LR change awaiting approval "
+                "(`lrpilot events` shows what was detected)"
+            )
+        decision = Decision(decision.step, decision.kind, f"{decision.reason} (by {who})",
+                            decision.command, "", decision.data)  # fmt: skip
+        self._record_decision(session, decision, source="approved")
+        cmd = self.store.commands(session.run_id)[-1]
+        return {"command_id": cmd.id, "run_id": session.run_id, "run": session.name}
 
     def _op_resume(self, run: str) -> dict[str, Any]:
         assert self.store is not None
         session = self._live_run(run)
         session.control.resume()
+        self.store.set_control(session.run_id, session.control.mode)
         record = self.store.run(session.run_id)
         self.store.add_event(
             session.run_id, max(record.last_step, 0), "resumed", "automatic control resumed"

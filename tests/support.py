@@ -70,16 +70,18 @@ def lrpilot(*args: str, timeout: float = 30.0, **kw: object) -> subprocess.Compl
 class ServeProcess:
     """``lrpilot serve`` as a real subprocess on a free loopback port."""
 
-    def __init__(self, db: Path, port: int | None = None) -> None:
+    def __init__(self, db: Path, port: int | None = None, *extra: str) -> None:
         self.db = db
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.extra = extra or ("--http", "off")
+        self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lrpilot.monitor.cli", "serve", "--db", str(self.db),
-             "--listen", self.endpoint],
+             "--listen", self.endpoint, *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -88,9 +90,23 @@ class ServeProcess:
             rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
             self.stop()
             pytest.fail(f"lrpilot serve did not start: {line}{rest}")
-        # Drain output on a thread so a chatty controller never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self.lines.append(line)
+        # Keep reading on a thread so a chatty controller never blocks on a full pipe.
+        threading.Thread(target=self._drain, daemon=True).start()
         return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def output_line(self, prefix: str, timeout: float = 10.0) -> str:
+        """The first output line starting with ``prefix`` (waits for it)."""
+
+        def find() -> str | None:
+            return next((x for x in self.lines if x.startswith(prefix)), None)
+
+        return wait_for(find, timeout, what=f"a line starting with {prefix!r}")  # type: ignore[return-value]
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -60,7 +60,7 @@ def test_db_errors_for_readers(tmp_path: Path) -> None:
 
 def serve_once(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lrpilot.monitor.cli", "serve", *args],
+        [sys.executable, "-m", "lrpilot.monitor.cli", "serve", "--http", "off", *args],
         capture_output=True, text=True, timeout=20,
     )  # fmt: skip
 

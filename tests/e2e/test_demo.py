@@ -11,16 +11,18 @@ from support import lrpilot, wait_for
 
 def test_demo_runs_to_the_end(tmp_path) -> None:
     db = tmp_path / "demo.db"
-    r = lrpilot("demo", "--steps", "300", "--pace", "0", "--db", str(db), timeout=120)
+    r = lrpilot("demo", "--steps", "300", "--pace", "0", "--db", str(db),
+                "--http", "127.0.0.1:0", timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "done:" in r.stdout and "held-out accuracy" in r.stdout
+    assert "dashboard: http://127.0.0.1:" in r.stdout
     runs = lrpilot("runs", "--db", str(db), "--json")
     assert '"name": "demo-digits"' in runs.stdout and '"finished"' in runs.stdout
 
 
 def test_demo_stops_on_ctrl_c(tmp_path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lrpilot.monitor.cli", "demo", "--steps", "100000",
+        [sys.executable, "-m", "lrpilot.monitor.cli", "demo", "--steps", "100000", "--http", "off",
          "--db", str(tmp_path / "d.db")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -1,0 +1,395 @@
+"""The policy: turns detections into decisions (an LR command, or the reason why not).
+
+Pure: no sockets, no store, no clock; the step numbers are the only time it knows. One
+:class:`Policy` per run holds the few counters the rules need (last change, recent changes,
+the advised command awaiting approval, the increase on probation).
+
+The rules, in the order they are applied to a detection:
+
+1. ``off`` mode only watches; a paused run (a person set the LR) gets no automatic command.
+2. Cooldown: ``cooldown`` steps after any change no new change is made, except that a spike or
+   a divergence may still cut after a plateau, oscillation or increase change.
+3. Cap: at most ``max_changes`` changes within any ``change_window`` steps (a hard cut is
+   exempt: only another hard cut within ``cooldown`` holds it back).
+4. Bounds: the LR stays within ``[min_lr, max_lr]``; a change that would cross a bound is
+   clipped to it (``set``), one smaller than ``min_change`` is not made.
+5. ``advise`` mode records the command it would send and waits for :meth:`Policy.approve`.
+
+Plateau and oscillation scale the LR by ``factor`` / ``oscillation_factor``; spike and
+divergence cut it by ``cut_factor`` (the client also runs the user's hook for those kinds).
+``lr_too_small`` (successive updates agree, from the alignment detector) raises it by
+``increase_factor``, at most ``max_increases`` times, never without a known LR, and on
+probation: if within ``probation`` steps the run oscillates, spikes or diverges, or its loss
+level is no lower than before the increase, the increase is undone and no more are tried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .detectors import (
+    AlignmentConfig,
+    Detection,
+    DivergenceConfig,
+    OscillationConfig,
+    PlateauConfig,
+    SpikeConfig,
+)
+from .detectors.base import check_choice, check_int, check_real, median
+
+__all__ = [
+    "CONTROL_MODES",
+    "EMERGENCIES",
+    "Decision",
+    "Policy",
+    "PolicyConfig",
+    "RunPolicy",
+    "reduce_lr",
+]
+
+CONTROL_MODES = ("auto", "advise", "off")
+EMERGENCIES = ("spike", "divergence")
+_PRIORITY = {"divergence": 0, "spike": 1, "oscillation": 2, "plateau": 3, "lr_too_small": 4}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the controller concluded at ``step``.
+
+    ``kind`` names the detection (plateau, oscillation, spike, divergence, lr_too_small) or
+    the policy's own act (``undo`` of an increase, ``restart`` after steps went back).
+    ``command`` is ``("scale", factor)`` or ``("set", lr)`` when the LR should change *now*,
+    else None, in which case ``why_not`` says why no command was sent (advise, off, paused,
+    cooldown...). A command whose kind is in :data:`EMERGENCIES` is a hard cut: the client
+    runs the user's hook for it.
+    """
+
+    step: int
+    kind: str
+    reason: str
+    command: tuple[str, float] | None = None
+    why_not: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The decision rules (see the module docstring); every field is checked on construction.
+
+    Args:
+        mode: ``auto``, ``advise`` or ``off`` to force a mode; None keeps what the run asked
+            for with ``Monitor(control=...)``.
+        factor: LR multiplier on a plateau.
+        oscillation_factor: LR multiplier on oscillation.
+        cut_factor: LR multiplier on a spike or a divergence (the hard cut).
+        cooldown: steps after a change during which no new change is made.
+        min_lr, max_lr: bounds of the LR the policy sets.
+        min_change: a change of the LR smaller than this is not made (torch's ``eps``).
+        max_changes: at most this many changes ...
+        change_window: ... within this many steps.
+        increase_factor: LR multiplier when the steps are too small; 1 turns increases off.
+        max_increases: increases over the run's life (an undone one ends them).
+        probation: steps after an increase in which it must not make things worse.
+    """
+
+    mode: str | None = None
+    factor: float = 0.5
+    oscillation_factor: float = 0.5
+    cut_factor: float = 0.1
+    cooldown: int = 200
+    min_lr: float = 1e-7
+    max_lr: float = 1.0
+    min_change: float = 1e-8
+    max_changes: int = 4
+    change_window: int = 2000
+    increase_factor: float = 1.5
+    max_increases: int = 3
+    probation: int = 300
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            check_choice("policy.mode", self.mode, CONTROL_MODES)
+        for name in ("factor", "oscillation_factor", "cut_factor"):
+            check_real(
+                f"policy.{name}", getattr(self, name), low=0.0, high=1.0, low_open=True,
+                high_open=True,
+            )  # fmt: skip
+        check_int("policy.cooldown", self.cooldown, low=0)
+        check_real("policy.min_lr", self.min_lr, low=0.0)
+        check_real("policy.max_lr", self.max_lr, low=0.0, low_open=True)
+        if self.max_lr <= self.min_lr:
+            raise ValueError(
+                f"policy.max_lr must be above min_lr {self.min_lr:g}, got {self.max_lr!r}"
+            )
+        check_real("policy.min_change", self.min_change, low=0.0)
+        check_int("policy.max_changes", self.max_changes, low=1)
+        check_int("policy.change_window", self.change_window, low=1)
+        check_real("policy.increase_factor", self.increase_factor, low=1.0, high=10.0)
+        check_int("policy.max_increases", self.max_increases, low=0)
+        check_int("policy.probation", self.probation, low=10)
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """Everything that governs one run: the rules and every detector's settings.
+
+    ``plateau_series`` names the series the plateau detector watches ("loss", or an eval
+    metric such as "val_loss" with ``plateau.method = "torch"`` and ``plateau.mode``).
+    """
+
+    rules: PolicyConfig = field(default_factory=PolicyConfig)
+    plateau: PlateauConfig = field(default_factory=PlateauConfig)
+    oscillation: OscillationConfig = field(default_factory=OscillationConfig)
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+
+    def __post_init__(self) -> None:
+        kinds = {
+            "rules": PolicyConfig,
+            "plateau": PlateauConfig,
+            "oscillation": OscillationConfig,
+            "spike": SpikeConfig,
+            "divergence": DivergenceConfig,
+            "alignment": AlignmentConfig,
+        }
+        for name, cls in kinds.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"RunPolicy.{name} must be a {cls.__name__}")
+
+
+def reduce_lr(lr: float, factor: float, min_lr: float, eps: float) -> float:
+    """The LR after a reduction, exactly as ReduceLROnPlateau computes it for one group."""
+    new_lr = max(lr * factor, min_lr)
+    return new_lr if lr - new_lr > eps else lr
+
+
+def priority(detection: Detection) -> int:
+    """Sort key: the most urgent kind of detection first (divergence, spike, ...)."""
+    return _PRIORITY.get(detection.kind, 9)
+
+
+class Policy:
+    """One run's decision rules and the counters they need; see the module docstring.
+
+    Args:
+        config: the rules.
+        mode: the mode the run asked for; ``config.mode`` overrides it when set.
+    """
+
+    def __init__(self, config: PolicyConfig | None = None, mode: str = "advise") -> None:
+        check_choice("mode", mode, CONTROL_MODES)
+        self.config = config or PolicyConfig()
+        self.requested_mode = mode
+        self.paused = False
+        self.pending: Decision | None = None
+        self._quiet_until = -math.inf  # no change before this step
+        self._last_emergency = -math.inf  # step of the last hard cut
+        self._changes: deque[int] = deque()  # steps of recent changes (for the cap)
+        self._increases = 0
+        self._increase_blocked = ""  # why no more increases, once one failed
+        self._probation: dict[str, Any] | None = None  # the increase being judged
+        self._losses: deque[float] = deque(maxlen=self.config.probation)
+        self._step = 0
+        self._lr: float | None = None  # the LR at the last decision
+
+    @property
+    def mode(self) -> str:
+        """The mode in force: the config's when it sets one, else the run's."""
+        return self.config.mode or self.requested_mode
+
+    def set_config(self, config: PolicyConfig) -> None:
+        """Swap the rules (a reloaded policy file); counters and the pending advice stay."""
+        self.config = config
+        if self._losses.maxlen != config.probation:
+            self._losses = deque(self._losses, maxlen=config.probation)
+
+    # -- what happens to the run
+
+    def pause(self) -> None:
+        """A person took over the LR: no automatic command until :meth:`resume`."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Hand the LR back to automatic control."""
+        self.paused = False
+
+    def changed(self, step: int) -> None:
+        """An LR change (automatic or manual) took effect at ``step``: cooldown starts there.
+
+        The advice awaiting approval is dropped: it was computed for the LR before.
+        """
+        self._quiet_until = max(self._quiet_until, step + self.config.cooldown)
+        if self.pending is not None and self.pending.step <= step:
+            self.pending = None
+
+    def observe_loss(self, step: int, value: float) -> Decision | None:
+        """Track the loss level (finite values only) and end an increase's probation.
+
+        Returns the ``undo`` decision when the increase on probation did not lower the loss.
+        """
+        self._step = step
+        if not math.isfinite(value):
+            return None
+        self._losses.append(value)
+        trial = self._probation
+        if trial is None or step < trial["step"] + self.config.probation:
+            return None
+        after = median(self._losses)
+        if after < trial["before"]:
+            self._probation = None  # the increase helped: it stays
+            return None
+        reason = (
+            f"undo: loss level {trial['before']:.4g} -> {after:.4g} in the {self.config.probation}"
+            f" steps after the increase at step {trial['step']}, no better"
+        )
+        return self._undo(step, reason, {"before": trial["before"], "after": after})
+
+    # -- detections
+
+    def decide(self, detection: Detection, lr: float | None) -> Decision:
+        """The decision for one detection given the current LR (None while unknown)."""
+        self._step = max(self._step, detection.step)
+        self._lr = lr
+        kind = detection.kind
+        trial = self._probation
+        if trial is not None and kind in ("oscillation", *EMERGENCIES):
+            self._increase_blocked = f"the increase at step {trial['step']} was followed by {kind}"
+            if kind != "oscillation":  # the hard cut below does more than an undo would
+                self._probation = None
+            else:
+                return self._undo(
+                    detection.step, f"{detection.reason}; undoing the increase at {trial['step']}",
+                    dict(detection.data), kind="oscillation",
+                )  # fmt: skip
+        command, why_not = self._command_for(detection, lr)
+        return self._finish(detection.step, kind, detection.reason, command, why_not,
+                            dict(detection.data))  # fmt: skip
+
+    def approve(self) -> Decision | None:
+        """Take the advised command awaiting approval, as a decision to send now; None if none.
+
+        Only the latest advice waits: a newer detection replaces it and an LR change drops it.
+        """
+        advice = self.pending
+        if advice is None:
+            return None
+        self.pending = None
+        self._record_change(max(self._step, advice.step), advice)
+        return replace(advice, reason=f"approved: {advice.reason}", why_not="")
+
+    # -- inside
+
+    def _command_for(
+        self, detection: Detection, lr: float | None
+    ) -> tuple[tuple[str, float] | None, str]:
+        c = self.config
+        kind, step = detection.kind, detection.step
+        if kind == "lr_too_small":
+            return self._increase_for(step, lr)
+        if kind == "plateau":
+            factor = c.factor
+        elif kind == "oscillation":
+            factor = c.oscillation_factor
+        elif kind in EMERGENCIES:
+            factor = c.cut_factor
+        else:
+            return None, f"no rule for {kind!r}"
+        if kind in EMERGENCIES:
+            # A hard cut is held back neither by an ordinary change nor by the cap, only by
+            # another hard cut within the cooldown.
+            if step < self._last_emergency + c.cooldown:
+                return None, f"cooldown: hard cut at step {self._last_emergency}"
+        elif step < self._quiet_until:
+            return None, f"cooldown until step {self._quiet_until}"
+        elif why := self._capped(step):
+            return None, why
+        if lr is None:
+            return ("scale", factor), ""
+        if lr <= c.min_lr * (1.0 + 1e-9):
+            return None, f"bound: LR {lr:.3g} is at min_lr {c.min_lr:.3g}"
+        new_lr = reduce_lr(lr, factor, c.min_lr, c.min_change)
+        if new_lr == lr:
+            return None, f"bound: change of LR {lr:.3g} is below min_change {c.min_change:.3g}"
+        if new_lr > lr * factor * (1.0 + 1e-12):
+            return ("set", new_lr), ""
+        return ("scale", factor), ""
+
+    def _increase_for(self, step: int, lr: float | None) -> tuple[tuple[str, float] | None, str]:
+        c = self.config
+        if c.increase_factor <= 1.0 or c.max_increases == 0:
+            return None, "increases are off (increase_factor 1 or max_increases 0)"
+        if self._increase_blocked:
+            return None, f"no more increases: {self._increase_blocked}"
+        if self._probation is not None:
+            return None, f"the increase at step {self._probation['step']} is on probation"
+        if self._increases >= c.max_increases:
+            return None, f"cap: {self._increases} increases already (max_increases)"
+        if step < self._quiet_until:
+            return None, f"cooldown until step {self._quiet_until}"
+        if why := self._capped(step):
+            return None, why
+        if lr is None:
+            return None, "LR unknown: never increase blind"
+        if lr >= c.max_lr * (1.0 - 1e-9):
+            return None, f"bound: LR {lr:.3g} is at max_lr {c.max_lr:.3g}"
+        if lr * c.increase_factor > c.max_lr:
+            return ("set", c.max_lr), ""
+        return ("scale", c.increase_factor), ""
+
+    def _capped(self, step: int) -> str:
+        c = self.config
+        while self._changes and self._changes[0] <= step - c.change_window:
+            self._changes.popleft()
+        if len(self._changes) >= c.max_changes:
+            return f"cap: {len(self._changes)} changes in the last {c.change_window} steps"
+        return ""
+
+    def _finish(
+        self,
+        step: int,
+        kind: str,
+        reason: str,
+        command: tuple[str, float] | None,
+        why_not: str,
+        data: dict[str, Any],
+    ) -> Decision:
+        if command is not None:
+            if self.mode == "off":
+                command, why_not = None, "off: only watching"
+            elif self.paused:
+                command, why_not = None, "paused (manual override)"
+        decision = Decision(step, kind, reason, command, why_not, data)
+        if command is None:
+            return decision
+        if self.mode == "advise":
+            self.pending = decision
+            return replace(decision, command=None, why_not="advise: awaiting approval")
+        self._record_change(step, decision)
+        return decision
+
+    def _record_change(self, step: int, decision: Decision) -> None:
+        c = self.config
+        self._quiet_until = max(self._quiet_until, step + c.cooldown)
+        self._changes.append(step)
+        if decision.kind in EMERGENCIES:
+            self._last_emergency = step
+        if decision.kind == "lr_too_small" and decision.command is not None:
+            self._increases += 1
+            before = median(self._losses) if self._losses else math.inf
+            self._probation = {"step": step, "before": before, "lr_before": self._lr}
+
+    def _undo(self, step: int, reason: str, data: dict[str, Any], kind: str = "undo") -> Decision:
+        """Go back to the LR before the increase; bypasses cooldown and cap (a known-good LR)."""
+        trial = self._probation or {}
+        self._increase_blocked = self._increase_blocked or "an increase was undone"
+        self._probation = None
+        lr_before = trial.get("lr_before")
+        command: tuple[str, float] = (
+            ("set", lr_before) if lr_before is not None
+            else ("scale", 1.0 / self.config.increase_factor)
+        )  # fmt: skip
+        return self._finish(step, kind, reason, command, "", data)

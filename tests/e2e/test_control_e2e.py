@@ -1,0 +1,76 @@
+"""The detectors and the policy on real torch runs, through the real client and controller."""
+
+from __future__ import annotations
+
+import torch
+from lrpilot.client import Monitor
+from lrpilot.monitor.remote import ControllerClient
+from lrpilot.monitor.store import Store
+from sklearn.datasets import load_digits
+from support import ThreadedController, wait_for
+
+
+def digits_run(opt_factory, steps: int, endpoint: str, control: str, run: str,
+               between=None) -> Monitor:  # type: ignore[no-untyped-def]  # fmt: skip
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    y = torch.tensor(y)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    )  # fmt: skip
+    opt = opt_factory(model.parameters())
+    with Monitor(run=run, optimizer=opt, endpoint=endpoint, control=control) as mon:
+        for step in range(steps):
+            idx = torch.randint(0, 1400, (64,), generator=gen)
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss=loss)
+            if between is not None:
+                between(step, mon)
+    return mon
+
+
+def test_far_too_high_lr_is_cut_and_a_good_lr_is_left_alone(tmp_path) -> None:
+    with ThreadedController(tmp_path / "c.db") as c:
+        bad = digits_run(lambda p: torch.optim.SGD(p, lr=1.0, momentum=0.9), 1300, c.endpoint,
+                         "auto", "too-high")  # fmt: skip
+        good = digits_run(lambda p: torch.optim.Adam(p, lr=1e-3), 1300, c.endpoint, "auto",
+                          "good")  # fmt: skip
+        store = Store(c.db, readonly=True)
+        events = store.events(bad.run_id)
+        kinds = {e.kind for e in events}
+        assert kinds & {"divergence", "oscillation", "plateau"}, kinds
+        assert bad.changes and bad.lrs[0] < 1.0
+        assert any(ch.trigger in ("divergence", "oscillation") for ch in bad.changes), [
+            (ch.trigger, ch.reason) for ch in bad.changes
+        ]
+        applied = [cmd for cmd in store.commands(bad.run_id) if cmd.status == "applied"]
+        assert applied and all(cmd.source == "auto" and cmd.reason for cmd in applied)
+        # A good LR: the loss keeps falling, nothing fires, the LR is untouched.
+        assert store.events(good.run_id) == [] and good.changes == [] and good.lrs == [1e-3]
+
+
+def test_advise_records_and_a_person_approves(tmp_path) -> None:
+    with ThreadedController(tmp_path / "a.db") as c:
+        store = Store(c.db, readonly=True)
+        client = ControllerClient(c.endpoint)
+        approved: list[int] = []
+
+        def approve_once(step: int, mon: Monitor) -> None:
+            if not approved and step % 20 == 0 and store.events(mon.run_id):
+                approved.append(client.request("approve", run=mon.run_id)["command_id"])
+
+        mon = digits_run(lambda p: torch.optim.SGD(p, lr=1.0, momentum=0.9), 900, c.endpoint,
+                         "advise", "advised", between=approve_once)  # fmt: skip
+        assert approved, "no advised decision to approve"
+        event = store.events(mon.run_id)[0]
+        assert event.data["why_not"].startswith("advise")
+        cmd = wait_for(lambda: store.command(approved[0]).status == "applied"
+                       and store.command(approved[0]))  # fmt: skip
+        assert cmd.source == "approved" and cmd.applied_step is not None
+        assert mon.changes and mon.changes[0].command_id == approved[0]

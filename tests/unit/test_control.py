@@ -1,0 +1,108 @@
+"""RunController: columnar batches in, decisions out, with the server's calls."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from lrpilot.monitor.control import Decision, RunController
+from lrpilot.monitor.detectors import PlateauConfig
+from lrpilot.monitor.policy import PolicyConfig, RunPolicy
+
+
+def batch(series: dict[str, list[tuple[int, float]]]):
+    """Build a wire-shaped batch (steps, names, keys, values) from per-series points."""
+    names = list(series)
+    points = sorted((s, k, v) for k, name in enumerate(names) for s, v in series[name])
+    return [p[0] for p in points], names, [p[1] for p in points], [p[2] for p in points]
+
+
+def test_legacy_constructor_calls_still_work() -> None:
+    RunController("off")
+    ctl = RunController("auto", patience=50, factor=0.3, cooldown=10, min_lr=1e-5)
+    assert ctl.mode == "auto" and not ctl.paused
+    assert ctl.policy.plateau.patience == 50 and ctl.policy.rules.factor == 0.3
+    assert ctl.policy.rules.cooldown == 10 and ctl.policy.rules.min_lr == 1e-5
+    with pytest.raises(ValueError, match="mode must be one of"):
+        RunController("fast")
+
+
+def test_flat_loss_gives_one_plateau_command_then_cooldown() -> None:
+    ctl = RunController("auto", patience=64, cooldown=1000)
+    out = ctl.observe(*batch({"loss": [(s, 1.0) for s in range(200)], "lr": [(0, 0.1)]}))
+    assert [(d.step, d.kind, d.command) for d in out][:1] == [(63, "plateau", ("scale", 0.5))]
+    assert all(d.why_not.startswith("cooldown") for d in out[1:]), out
+    assert all(isinstance(d, Decision) and d.reason for d in out)
+
+
+def test_lr_changed_restarts_the_plateau_clock() -> None:
+    ctl = RunController("auto", patience=64, cooldown=0)
+    ctl.observe(*batch({"loss": [(s, 1.0) for s in range(40)]}))
+    ctl.lr_changed(40)
+    out = ctl.observe(*batch({"loss": [(s, 1.0) for s in range(40, 110)]}))
+    assert [d.step for d in out] == [40 + 63], "the window must restart at the LR change"
+
+
+def test_nan_loss_is_a_divergence_cut_and_grad_norm_too() -> None:
+    ctl = RunController("auto")
+    out = ctl.observe(*batch({"loss": [(0, 2.3), (1, math.nan)], "lr": [(0, 0.1)]}))
+    assert [(d.step, d.kind, d.command) for d in out] == [(1, "divergence", ("scale", 0.1))]
+    ctl = RunController("auto")
+    out = ctl.observe(*batch({"grad_norm": [(0, 1.0), (1, math.inf)]}))
+    assert [(d.kind, d.data["cause"]) for d in out] == [("divergence", "nonfinite")]
+
+
+def test_advise_records_and_approve_returns_the_command() -> None:
+    ctl = RunController("advise", patience=64)
+    out = ctl.observe(*batch({"loss": [(s, 1.0) for s in range(64)], "lr": [(0, 0.1)]}))
+    assert [(d.command, d.why_not) for d in out] == [(None, "advise: awaiting approval")]
+    assert ctl.pending is not None and ctl.pending.command == ("scale", 0.5)
+    approved = ctl.approve()
+    assert approved is not None and approved.command == ("scale", 0.5)
+    assert ctl.approve() is None
+
+
+def test_pause_and_resume() -> None:
+    ctl = RunController("auto", patience=64, cooldown=0)
+    ctl.pause()
+    assert ctl.paused
+    out = ctl.observe(*batch({"loss": [(s, 1.0) for s in range(64)]}))
+    assert [d.why_not for d in out] == ["paused (manual override)"]
+    ctl.resume()
+    out = ctl.observe(*batch({"loss": [(s, 1.0) for s in range(64, 128)]}))
+    assert [d.command for d in out] == [("scale", 0.5)]
+
+
+def test_steps_going_back_restart_instead_of_raising() -> None:
+    ctl = RunController("auto")
+    ctl.observe(*batch({"loss": [(s, 1.0) for s in range(100, 110)]}))
+    out = ctl.observe(*batch({"loss": [(s, 1.0) for s in range(50, 60)]}))
+    assert [(d.kind, d.step, d.command) for d in out] == [("restart", 50, None)]
+
+
+def test_policy_override_and_set_policy() -> None:
+    policy = RunPolicy(rules=PolicyConfig(mode="off"))
+    ctl = RunController("auto", policy=policy)
+    assert ctl.mode == "off"
+    ctl.set_policy(RunPolicy(rules=PolicyConfig(factor=0.2), plateau=PlateauConfig(patience=64)))
+    assert ctl.mode == "auto", "without a forced mode the run's own request applies"
+    out = ctl.observe(*batch({"loss": [(s, 1.0) for s in range(100)]}))
+    assert [d.command for d in out] == [("scale", 0.2)]
+
+
+def test_noisy_descent_then_zigzag_then_blowup_end_to_end() -> None:
+    rng = random.Random(0)
+    losses = []
+    for s in range(3000):
+        v = 2.0 * math.exp(-s / 800) + 0.2 + 0.01 * rng.gauss(0, 1)
+        if s >= 1500:
+            v += 0.03 * (-1) ** s
+        losses.append((s, v))
+    losses.append((3000, math.nan))
+    ctl = RunController("auto", cooldown=100)
+    out = ctl.observe(*batch({"loss": losses, "lr": [(0, 0.1)]}))
+    kinds = [(d.kind, d.command is not None) for d in out]
+    assert kinds[0] == ("oscillation", True) and 1500 < out[0].step <= 1700, out[:2]
+    assert kinds[-1] == ("divergence", True) and out[-1].step == 3000
+    assert all(d.step >= 1500 for d in out), "nothing may fire during the clean descent"

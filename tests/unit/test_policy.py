@@ -1,0 +1,170 @@
+"""The policy: detections in, decisions (command or why not) out."""
+
+from __future__ import annotations
+
+import pytest
+from lrpilot.monitor.detectors import Detection
+from lrpilot.monitor.policy import Policy, PolicyConfig, RunPolicy, reduce_lr
+
+
+def det(step: int, kind: str = "plateau") -> Detection:
+    return Detection(step, kind, f"{kind}: test", {"x": 1.0})
+
+
+def auto(**rules) -> Policy:
+    return Policy(PolicyConfig(**rules), "auto")
+
+
+def test_factor_per_kind_and_hard_cut() -> None:
+    p = auto(cooldown=0, max_changes=100)
+    table = [
+        (det(10, "plateau"), ("scale", 0.5)),
+        (det(20, "oscillation"), ("scale", 0.5)),
+        (det(30, "spike"), ("scale", 0.1)),
+        (det(40, "divergence"), ("scale", 0.1)),
+        (det(50, "mystery"), None),
+    ]
+    for i, (d, expected) in enumerate(table):
+        got = p.decide(d, lr=0.1).command
+        assert got == expected, f"wrong at step {i}: expected {expected}, got {got}"
+
+
+def test_cooldown_holds_ordinary_changes_but_not_a_hard_cut() -> None:
+    p = auto(cooldown=100)
+    assert p.decide(det(0), 0.1).command == ("scale", 0.5)
+    held = p.decide(det(50, "oscillation"), 0.05)
+    assert held.command is None and held.why_not == "cooldown until step 100"
+    assert p.decide(det(60, "spike"), 0.05).command == ("scale", 0.1)
+    again = p.decide(det(70, "divergence"), 0.005)
+    assert again.command is None and "hard cut at step 60" in again.why_not
+    assert p.decide(det(160), 0.005).command == ("scale", 0.5)
+
+
+def test_changed_starts_cooldown_from_the_applied_step() -> None:
+    p = auto(cooldown=100)
+    p.changed(500)  # e.g. a manual set acknowledged at step 500
+    assert p.decide(det(550), 0.1).why_not == "cooldown until step 600"
+    assert p.decide(det(600), 0.1).command == ("scale", 0.5)
+
+
+def test_bounds_clip_to_min_lr_and_refuse_at_it() -> None:
+    p = auto(cooldown=0, min_lr=0.01, max_changes=100)
+    assert p.decide(det(1), 0.1).command == ("scale", 0.5)
+    assert p.decide(det(2), 0.015).command == ("set", 0.01)
+    at_min = p.decide(det(3), 0.01)
+    assert at_min.command is None and at_min.why_not == "bound: LR 0.01 is at min_lr 0.01"
+    assert p.decide(det(4), None).command == ("scale", 0.5), "unknown LR: scale, the client clips"
+
+
+def test_reduce_lr_matches_torch_arithmetic() -> None:
+    assert reduce_lr(1.0, 0.1, 0.0, 1e-8) == 0.1
+    assert reduce_lr(0.1, 0.1, 0.05, 1e-8) == 0.05
+    assert reduce_lr(0.05, 0.1, 0.05, 1e-8) == 0.05
+    assert reduce_lr(1e-8, 0.5, 0.0, 1e-8) == 1e-8  # a change below eps is not made
+
+
+def test_cap_on_changes_per_window() -> None:
+    p = auto(cooldown=0, max_changes=2, change_window=1000)
+    got = [p.decide(det(s), 1.0) for s in (0, 10, 20, 1001)]
+    assert [d.command is not None for d in got] == [True, True, False, True]
+    assert got[2].why_not == "cap: 2 changes in the last 1000 steps"
+    assert p.decide(det(30, "divergence"), 1.0).command == ("scale", 0.1), "a hard cut is exempt"
+
+
+@pytest.mark.parametrize(
+    ("mode", "paused", "why"),
+    [("off", False, "off: only watching"), ("auto", True, "paused (manual override)"),
+     ("advise", False, "advise: awaiting approval"), ("off", True, "off: only watching")],
+)  # fmt: skip
+def test_modes_and_pause_say_why_not(mode: str, paused: bool, why: str) -> None:
+    p = Policy(PolicyConfig(), mode)
+    if paused:
+        p.pause()
+    d = p.decide(det(5), 0.1)
+    assert d.command is None and d.why_not == why
+    assert d.reason == "plateau: test" and d.data == {"x": 1.0}
+
+
+def test_pause_until_resume() -> None:
+    p = auto(cooldown=0)
+    p.pause()
+    assert p.decide(det(1), 0.1).command is None
+    p.resume()
+    assert p.decide(det(2), 0.1).command == ("scale", 0.5)
+
+
+def test_advise_then_approve_counts_as_a_change() -> None:
+    p = Policy(PolicyConfig(cooldown=100), "advise")
+    assert p.approve() is None
+    p.decide(det(10), 0.1)
+    newer = p.decide(det(20, "oscillation"), 0.1)
+    assert newer.why_not == "advise: awaiting approval"
+    approved = p.approve()
+    assert approved is not None and approved.command == ("scale", 0.5)
+    assert approved.kind == "oscillation" and approved.reason.startswith("approved: ")
+    assert p.approve() is None, "approval is one-shot"
+    assert p.decide(det(60), 0.05).why_not == "cooldown until step 120"
+
+
+def test_an_lr_change_drops_stale_advice() -> None:
+    p = Policy(PolicyConfig(), "advise")
+    p.decide(det(10), 0.1)
+    p.changed(15)
+    assert p.approve() is None
+
+
+def test_mode_from_config_overrides_the_runs_request() -> None:
+    assert Policy(PolicyConfig(mode="off"), "auto").mode == "off"
+    assert Policy(PolicyConfig(), "auto").mode == "auto"
+    with pytest.raises(ValueError, match="mode must be one of auto, advise, off; got 'fast'"):
+        Policy(PolicyConfig(), "fast")
+
+
+def feed_losses(p: Policy, start: int, stop: int, level) -> list:
+    return [d for s in range(start, stop) if (d := p.observe_loss(s, level(s))) is not None]
+
+
+def test_increase_is_capped_bounded_and_kept_when_it_helps() -> None:
+    p = auto(cooldown=0, max_increases=1, max_lr=0.3, probation=100)
+    feed_losses(p, 0, 100, lambda s: 2.0 - 0.001 * s)
+    assert p.decide(det(100, "lr_too_small"), None).why_not == "LR unknown: never increase blind"
+    up = p.decide(det(100, "lr_too_small"), 0.1)
+    assert up.command == ("scale", 1.5)
+    on_trial = p.decide(det(150, "lr_too_small"), 0.15)
+    assert on_trial.command is None and "on probation" in on_trial.why_not
+    assert feed_losses(p, 100, 300, lambda s: 2.0 - 0.002 * s) == [], "it helped: no undo"
+    capped = p.decide(det(400, "lr_too_small"), 0.15)
+    assert capped.why_not == "cap: 1 increases already (max_increases)"
+    q = auto(cooldown=0, max_lr=0.12)
+    assert q.decide(det(1, "lr_too_small"), 0.1).command == ("set", 0.12)
+    r = auto(cooldown=0, max_lr=0.12)
+    assert r.decide(det(2, "lr_too_small"), 0.12).why_not == "bound: LR 0.12 is at max_lr 0.12"
+
+
+def test_increase_undone_when_the_loss_is_no_better() -> None:
+    p = auto(cooldown=0, probation=100)
+    feed_losses(p, 0, 100, lambda s: 1.0)
+    assert p.decide(det(100, "lr_too_small"), 0.1).command == ("scale", 1.5)
+    undo = feed_losses(p, 100, 300, lambda s: 1.2)
+    assert len(undo) == 1, undo
+    assert undo[0].kind == "undo" and undo[0].command == ("set", 0.1) and undo[0].step == 200
+    blocked = p.decide(det(400, "lr_too_small"), 0.1)
+    assert blocked.command is None and "no more increases" in blocked.why_not
+
+
+def test_oscillation_on_probation_undoes_the_increase_at_once() -> None:
+    p = auto(cooldown=500, probation=100)
+    feed_losses(p, 0, 100, lambda s: 1.0)
+    p.decide(det(100, "lr_too_small"), 0.1)
+    d = p.decide(det(120, "oscillation"), 0.15)
+    assert d.kind == "oscillation" and d.command == ("set", 0.1), "cooldown must not hold an undo"
+    assert "undoing the increase at 100" in d.reason
+
+
+def test_policy_config_checks_and_run_policy_types() -> None:
+    with pytest.raises(ValueError, match=r"policy.factor must be in \(0, 1\), got 1.5"):
+        PolicyConfig(factor=1.5)
+    with pytest.raises(ValueError, match=r"policy.increase_factor must be in \[1, 10\], got 0.5"):
+        PolicyConfig(increase_factor=0.5)
+    with pytest.raises(ValueError, match=r"RunPolicy\.plateau must be a PlateauConfig"):
+        RunPolicy(plateau=PolicyConfig())  # type: ignore[arg-type]
