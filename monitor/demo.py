@@ -99,6 +99,9 @@ def run_demo(
         ):  # fmt: skip
             task = progress.add_task("train", total=steps, loss=float("nan"), lr=lr)
             ema = None
+            # Paced to last about steps * pace seconds so a person can watch it; a busy
+            # machine eats into the sleeps, not into the promise of ending in time.
+            started = time.monotonic()
             for step in range(steps):
                 idx = torch.randint(0, len(xtr), (64,), generator=gen)
                 loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
@@ -118,7 +121,9 @@ def run_demo(
                         f"  [yellow]step {c.step}[/]: lr {c.lrs_before[0]:.3g} -> "
                         f"{c.lrs_after[0]:.3g} ({c.source}: {c.reason})"
                     )
-                time.sleep(pace)
+                ahead = started + (step + 1) * pace - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             progress.update(task, completed=steps)
         with torch.no_grad():
             test_acc = (model(xte).argmax(1) == yte).float().mean().item()
