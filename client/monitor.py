@@ -22,6 +22,7 @@ import torch
 
 from .commands import LrChange, LrControl
 from .errors import MonitorConfigError
+from .keys import client_curve
 from .protocol import (
     CONTROL_MODES,
     DEFAULT_ENDPOINT,
@@ -91,6 +92,8 @@ class Monitor:
         on_lr_change: called on the training thread with an :class:`LrChange` after each
             applied change (e.g. to restore a checkpoint after a divergence cut).
         close_timeout: seconds ``close()`` waits for the controller to acknowledge the tail.
+        keys: a key directory from ``lrpilot keys`` (default ``$LRPILOT_KEYS``) when the
+            controller requires CURVE authentication (it does whenever it is off loopback).
         transport: a :class:`~lrpilot.client.transport.BaseTransport` (tests inject one).
 
     Example:
@@ -115,6 +118,7 @@ class Monitor:
         max_points: int = 1_000_000,
         on_lr_change: Callable[[LrChange], Any] | None = None,
         close_timeout: float = 10.0,
+        keys: str | os.PathLike[str] | None = None,
         transport: BaseTransport | None = None,
     ) -> None:
         try:
@@ -162,7 +166,11 @@ class Monitor:
             cfg = dict(config or {})
         except (TypeError, ValueError):
             raise MonitorConfigError("config must be a mapping of names to values") from None
-        self._transport = transport or ZmqTransport(self.endpoint, max_points=max_points)
+        keys = keys or os.environ.get("LRPILOT_KEYS")
+        curve = client_curve(keys) if keys and transport is None else None
+        self._transport = transport or ZmqTransport(
+            self.endpoint, max_points=max_points, curve=curve
+        )
         self._transport.start(
             Hello(
                 run_id=self.run_id,

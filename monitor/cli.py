@@ -69,6 +69,10 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: IO[
 # --------------------------------------------------------------------------- sources
 
 
+def _client(args: argparse.Namespace) -> ControllerClient:
+    return ControllerClient(args.endpoint, args.timeout, keys=args.keys)
+
+
 @contextmanager
 def _open_db(path: str) -> Iterator[Store]:
     store = Store(path, readonly=True)
@@ -84,7 +88,7 @@ def _runs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         with _open_db(args.db) as store:
             return [asdict(r) for r in store.runs()]
-    return ControllerClient(args.endpoint, args.timeout).request("runs")
+    return _client(args).request("runs")
 
 
 def _history(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -93,7 +97,7 @@ def _history(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         with _open_db(args.db) as store:
             return [asdict(c) for c in store.commands(store.find_run(args.run).id)]
-    return ControllerClient(args.endpoint, args.timeout).request("history", run=args.run)
+    return _client(args).request("history", run=args.run)
 
 
 def _events(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -102,7 +106,7 @@ def _events(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         with _open_db(args.db) as store:
             return [asdict(e) for e in store.events(store.find_run(args.run).id)]
-    return ControllerClient(args.endpoint, args.timeout).request("events", run=args.run)
+    return _client(args).request("events", run=args.run)
 
 
 # --------------------------------------------------------------------------- commands
@@ -122,12 +126,18 @@ def _token(args: argparse.Namespace) -> str | None:
     return args.token or os.environ.get("LRPILOT_TOKEN") or None
 
 
-def start_dashboard(db: str, endpoint: str | None, http: tuple[str, int], token: str | None) -> Any:
+def start_dashboard(
+    db: str,
+    endpoint: str | None,
+    http: tuple[str, int],
+    token: str | None,
+    keys: str | None = None,
+) -> Any:
     """Serve the dashboard for ``db`` in a thread (read-only when ``endpoint`` is None)."""
     from ..dashboard import create_app, serve_dashboard
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    controller = ControllerClient(endpoint) if endpoint else None
+    controller = ControllerClient(endpoint, keys=keys) if endpoint else None
     app = create_app(Store(db, readonly=True), controller, token=token, readonly=not endpoint)
     return serve_dashboard(app, *http)
 
@@ -136,12 +146,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Controller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lrpilot %(message)s")
-    controller = Controller(args.db, args.listen, stale_after=args.stale_after, policy=args.policy)
+    controller = Controller(
+        args.db, args.listen, stale_after=args.stale_after, policy=args.policy, keys=args.keys
+    )
     endpoint = controller.bind()
     dashboard = None
     try:
         if args.http is not None:
-            dashboard = start_dashboard(args.db, endpoint, args.http, _token(args))
+            # The dashboard is a client of this controller: it talks over loopback.
+            local = endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+            dashboard = start_dashboard(args.db, local, args.http, _token(args), args.keys)
     except LrpilotError:
         controller.close()
         raise
@@ -151,7 +165,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    print(f"lrpilot controller listening on {endpoint}, storing to {args.db}", flush=True)
+    auth = " (CURVE authentication)" if args.keys else ""
+    print(f"lrpilot controller listening on {endpoint}{auth}, storing to {args.db}", flush=True)
     if dashboard is not None:
         print(f"dashboard at {dashboard.url}", flush=True)
     if args.policy:
@@ -186,6 +201,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .keys import generate_keys
+
+    d = generate_keys(args.dir)
+    print(f"wrote CURVE keys to {d}:")
+    print(f"  controller: lrpilot serve --keys {d} --listen tcp://0.0.0.0:5555")
+    print(f"  clients:    copy {d}/client.key_secret and {d}/server.key to each training "
+          "machine's key directory; Monitor(keys=DIR) or LRPILOT_KEYS=DIR")  # fmt: skip
+    print(f"  more clients: add their public .key files to {d}/authorized/")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     runs = _runs(args)
     if args.json:
@@ -207,7 +234,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _change_lr(args: argparse.Namespace, op: str, **kw: Any) -> int:
-    client = ControllerClient(args.endpoint, args.timeout)
+    client = _client(args)
     sent = client.request(op, run=args.run, who=f"cli:{os.environ.get('USER', '?')}", **kw)
     cid = sent["command_id"]
     if args.no_wait:
@@ -233,7 +260,7 @@ def cmd_scale_lr(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    ControllerClient(args.endpoint, args.timeout).request("pause", run=args.run)
+    _client(args).request("pause", run=args.run)
     print(f"automatic control of {args.run} paused")
     return 0
 
@@ -243,7 +270,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    ControllerClient(args.endpoint, args.timeout).request("resume", run=args.run)
+    _client(args).request("resume", run=args.run)
     print(f"automatic control of {args.run} resumed")
     return 0
 
@@ -286,7 +313,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    db = args.db or ControllerClient(args.endpoint, args.timeout).request("ping")["db"]
+    db = args.db or _client(args).request("ping")["db"]
     with _open_db(db) as store:
         run = store.find_run(args.run)
         out: IO[str] = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
@@ -313,7 +340,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    s = ControllerClient(args.endpoint, args.timeout).request("status")
+    s = _client(args).request("status")
     print(f"controller {s['endpoint']}  db {s['db']} ({s['db_bytes'] / 1e6:.1f} MB)")
     print(
         f"up {s['uptime_s']:.0f} s, {s['live_runs']} live runs, {s['points']} points "
@@ -363,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="controller endpoint (default $LRPILOT_ENDPOINT or %(default)s)",
         )  # fmt: skip
         sp.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for a reply")
+        sp.add_argument(
+            "--keys", default=os.environ.get("LRPILOT_KEYS"),
+            help="CURVE key directory when the controller requires it (default $LRPILOT_KEYS)",
+        )  # fmt: skip
         if db:
             sp.add_argument("--db", help="read this database file directly (no controller)")
 
@@ -380,12 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--db", default="lrpilot.db", help="SQLite file (default %(default)s)")
     sp.add_argument("--listen", default=_endpoint_default(), help="endpoint (default %(default)s)")
     sp.add_argument("--policy", help="policy TOML file, reloaded on save (docs/policy.md)")
+    sp.add_argument(
+        "--keys", help="require CURVE-authenticated clients (a `lrpilot keys` directory); "
+        "needed to listen off loopback",
+    )  # fmt: skip
     sp.add_argument("--stale-after", type=float, default=15.0, help="seconds before stale")
     http(sp)
 
     sp = add("dashboard", cmd_dashboard, "serve the dashboard for a database file, read-only")
     sp.add_argument("--db", required=True, help="SQLite file written by lrpilot serve")
     http(sp)
+
+    sp = add("keys", cmd_keys, "generate CURVE keys for the controller and its clients")
+    sp.add_argument("dir", help="directory to write the keys into")
 
     sp = add("runs", cmd_runs, "list runs")
     remote(sp, db=True)

@@ -31,16 +31,27 @@ class ControllerClient:
     """
 
     def __init__(
-        self, endpoint: str, timeout: float = 3.0, context: zmq.Context | None = None
-    ) -> None:
+        self,
+        endpoint: str,
+        timeout: float = 3.0,
+        context: zmq.Context | None = None,
+        keys: str | None = None,
+    ) -> None:  # keys: a `lrpilot keys` directory, when the controller requires CURVE
         self.endpoint = check_endpoint(endpoint)
         self.timeout = timeout
         self._ctx = context or zmq.Context.instance()
+        self._curve = None
+        if keys:
+            from ..client.keys import client_curve
+
+            self._curve = client_curve(keys)
 
     def request(self, op: str, **args: Any) -> Any:
         """Send ``op`` with ``args``; return the reply's data or raise the controller's error."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve
         try:
             sock.connect(self.endpoint)
             sock.send_multipart(encode(Request(op=op, args=args)))

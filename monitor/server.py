@@ -106,6 +106,8 @@ class Controller:
         control_defaults: keyword arguments for every run's :class:`RunController`.
         policy: a policy TOML file (docs/policy.md), watched and hot-reloaded; a broken
             save keeps the last good policy.
+        keys: a directory from ``lrpilot keys``: clients must then authenticate with ZMQ
+            CURVE (a key in ``authorized/``); required to listen off loopback.
 
     Raises:
         ServeError: on :meth:`bind`, if the endpoint is malformed, not loopback, in use, or
@@ -120,15 +122,18 @@ class Controller:
         stale_after: float = 15.0,
         control_defaults: dict[str, Any] | None = None,
         policy: str | Path | None = None,
+        keys: str | Path | None = None,
     ) -> None:
         try:
             self.listen = check_endpoint(listen)
         except ValueError as exc:
             raise ServeError(str(exc)) from None
-        if not _is_loopback(self.listen):
+        self.keys = Path(keys) if keys is not None else None
+        if not _is_loopback(self.listen) and self.keys is None:
             raise ServeError(
-                f"refusing to listen on {self.listen}: it is not a loopback address and this "
-                "controller has no client authentication; listen on tcp://127.0.0.1:PORT"
+                f"refusing to listen on {self.listen} without authentication: it is not a "
+                "loopback address; create keys with `lrpilot keys DIR` and pass --keys DIR, "
+                "or listen on tcp://127.0.0.1:PORT"
             )
         self.db_path = Path(db)
         self.stale_after = stale_after
@@ -145,6 +150,8 @@ class Controller:
         self.ready = threading.Event()
         self._lock_file: Any = None
         self._sock: zmq.Socket | None = None
+        self._ctx: zmq.Context | None = None
+        self._auth: Any = None
         self._last_warned: dict[str, float] = {}
 
     # ---------------------------------------------------------------- lifecycle
@@ -180,9 +187,12 @@ class Controller:
         except StoreError as exc:
             self._release_lock()
             raise ServeError(str(exc)) from None
-        ctx = zmq.Context.instance()
+        # Our own context: an authenticator must not judge other sockets of this process.
+        ctx = self._ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self._start_curve(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unreachable run raises, not drops
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -192,6 +202,7 @@ class Controller:
             sock.close(0)
             self.store.close()
             self._release_lock()
+            self._close_context()
             if exc.errno == zmq.EADDRINUSE:
                 raise ServeError(
                     f"{self.listen} is already in use (another lrpilot serve?); "
@@ -200,7 +211,38 @@ class Controller:
             raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self._watcher is not None:
+            self._watcher.start()  # now, so no save between bind and serve goes unseen
         return self.endpoint
+
+    def _start_curve(self, sock: zmq.Socket) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from .keys import server_curve
+
+        assert self.keys is not None and self._ctx is not None
+        try:
+            public, secret, authorized = server_curve(self.keys)
+        except ServeError:
+            sock.close(0)
+            assert self.store is not None
+            self.store.close()
+            self._release_lock()
+            raise
+        self._auth = ThreadAuthenticator(self._ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(authorized))
+        sock.curve_server = True
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+
+    def _close_context(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
@@ -211,12 +253,15 @@ class Controller:
 
     def close(self) -> None:
         """Release socket, database and lock of a controller that was bound but not served."""
+        if self._watcher is not None:
+            self._watcher.stop()
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
         if self.store is not None:
             self.store.close()
         self._release_lock()
+        self._close_context()
 
     def stop(self) -> None:
         """Ask the loop to finish its turn, commit, and return (thread- and signal-safe)."""
@@ -227,8 +272,6 @@ class Controller:
         if self._sock is None:
             self.bind()
         assert self._sock is not None and self.store is not None
-        if self._watcher is not None:
-            self._watcher.start()
         self.ready.set()
         try:
             while not self._stop.is_set():
@@ -242,6 +285,7 @@ class Controller:
             self._sock = None
             self.store.close()
             self._release_lock()
+            self._close_context()
 
     def _apply_policy(self, policy: PolicyFile) -> None:
         self.policy = policy

@@ -95,7 +95,7 @@ def test_live_run_set_lr_from_the_page(tmp_path: Path, page) -> None:  # type: i
             page.wait_for_selector(f"{_sel(ids.LR_MESSAGE)} >> text=automatic control resumed")
             time.sleep(1.2)  # one more live tick so the screenshot shows the latest state
             screenshot(page, "live-run")
-            train.wait(60)
+            train.wait(180)  # 1,500 paced steps; a loaded CI machine is slow
         finally:
             page.goto("about:blank")  # stop polling first: a refused tick is a console error
             if train.poll() is None:
