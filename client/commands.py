@@ -36,6 +36,7 @@ class LrChange:
     step: int
     lrs_before: list[float]
     lrs_after: list[float]
+    rewind_step: int | None = None  # the client restored its snapshot of this step first
 
 
 class LrControl:

@@ -31,6 +31,7 @@ from .protocol import (
     check_endpoint,
     check_run_name,
 )
+from .rewind import Rewinder
 from .transport import BaseTransport, Flush, TransportReport, ZmqTransport
 
 __all__ = ["DEFAULT_ENDPOINT", "RESERVED_NAMES", "Monitor"]
@@ -40,6 +41,8 @@ RESERVED_NAMES = frozenset({"lr", "step", "step_time", "samples_per_s"})
 _RESERVED_PREFIXES = ("lr/", "grad_norm", "param_norm/", "update_ratio/", "_")
 _MAX_NAME = 200
 _NO_OPTIMIZER = "this run has no optimizer (Monitor(optimizer=None))"
+#: Detections whose LR cut comes with a rewind (the policy's hard cuts).
+_EMERGENCIES = frozenset({"spike", "divergence"})
 
 
 def _check_scalar_name(name: object) -> None:
@@ -94,6 +97,13 @@ class Monitor:
         close_timeout: seconds ``close()`` waits for the controller to acknowledge the tail.
         keys: a key directory from ``lrpilot keys`` (default ``$LRPILOT_KEYS``) when the
             controller requires CURVE authentication (it does whenever it is off loopback).
+        rewind: keep host snapshots of model and optimizer every ``rewind_every`` steps
+            (two at a time, within ``rewind_budget`` bytes); on a spike or divergence cut,
+            restore the older one, keep the LRs, apply the cut and go on with the next
+            batches. At most ``max_rewinds`` per run. Needs ``model`` and ``optimizer``.
+        on_rewind: instead of lrpilot's snapshots, called on the training thread with the
+            :class:`LrChange` of a spike or divergence cut, before the cut is applied, to
+            restore from your own checkpoint (large models).
         transport: a :class:`~lrpilot.client.transport.BaseTransport` (tests inject one).
 
     Example:
@@ -119,6 +129,11 @@ class Monitor:
         on_lr_change: Callable[[LrChange], Any] | None = None,
         close_timeout: float = 10.0,
         keys: str | os.PathLike[str] | None = None,
+        rewind: bool = False,
+        rewind_every: int = 200,
+        rewind_budget: int = 2 * 1024**3,
+        max_rewinds: int = 3,
+        on_rewind: Callable[[LrChange], Any] | None = None,
         transport: BaseTransport | None = None,
     ) -> None:
         try:
@@ -151,6 +166,16 @@ class Monitor:
         self.on_lr_change = on_lr_change
         self.close_timeout = close_timeout
         self._lr = LrControl(optimizer, scheduler) if optimizer is not None else None
+        self.on_rewind = on_rewind
+        self._rewinder: Rewinder | None = None
+        if rewind and on_rewind is None:
+            if model is None or optimizer is None:
+                raise MonitorConfigError("rewind=True needs model= and optimizer=")
+            try:
+                self._rewinder = Rewinder(model, optimizer, rewind_every, rewind_budget,
+                                          max_rewinds)  # fmt: skip
+            except ValueError as exc:
+                raise MonitorConfigError(str(exc)) from None
         self._groups = optimizer.param_groups if optimizer is not None else []
         self._lr_names = tuple("lr" if i == 0 else f"lr/{i}" for i in range(len(self._groups)))
         self._last_lrs: tuple[Any, ...] = ()
@@ -209,6 +234,8 @@ class Monitor:
             self.flush()
         if self._transport.commands:
             self._apply_commands()
+        if self._rewinder is not None:
+            self._rewinder.maybe_snapshot(step + 1)
 
     def _check(self, names: tuple[str, ...], scalars: Mapping[str, Any]) -> None:
         if self._closed:
@@ -251,6 +278,9 @@ class Monitor:
                 )  # fmt: skip
                 continue
             before = self._lr.lrs()
+            rewind_step = None
+            if cmd.trigger in _EMERGENCIES:
+                rewind_step = self._rewind(cmd, effective, before)
             try:
                 after = self._lr.apply(cmd.action, cmd.value)
             except ValueError as exc:
@@ -261,16 +291,34 @@ class Monitor:
                 continue
             self._transport.put_ack(
                 CommandAck(run_id=self.run_id, command_id=cmd.command_id, step=effective,
-                           lrs=after)
+                           lrs=after, rewind_step=rewind_step)
             )  # fmt: skip
             change = LrChange(
                 command_id=cmd.command_id, action=cmd.action, value=cmd.value,
                 source=cmd.source, reason=cmd.reason, trigger=cmd.trigger, step=effective,
-                lrs_before=before, lrs_after=after,
+                lrs_before=before, lrs_after=after, rewind_step=rewind_step,
             )  # fmt: skip
             self.changes.append(change)
             if self.on_lr_change is not None:
                 self.on_lr_change(change)
+
+    def _rewind(self, cmd: Any, step: int, lrs: list[float]) -> int | None:
+        """Restore before an emergency cut: the user's hook, else our snapshot."""
+        if self.on_rewind is not None:
+            self.on_rewind(
+                LrChange(command_id=cmd.command_id, action=cmd.action, value=cmd.value,
+                         source=cmd.source, reason=cmd.reason, trigger=cmd.trigger, step=step,
+                         lrs_before=lrs, lrs_after=lrs)
+            )  # fmt: skip
+            return None
+        if self._rewinder is None:
+            return None
+        return self._rewinder.restore()
+
+    @property
+    def rewinds(self) -> int:
+        """How many times this run restored a snapshot."""
+        return self._rewinder.rewinds if self._rewinder is not None else 0
 
     # ------------------------------------------------------------------ state and shutdown
 

@@ -214,6 +214,7 @@ class CommandAck(_Base, tag="command_ack"):
     lrs: list[float] = []
     ok: bool = True
     error: Text = ""
+    rewind_step: Count | None = None  # the snapshot the client rewound to, if it did
 
 
 class Rehello(_Base, tag="rehello"):

@@ -7,6 +7,7 @@ bundled digits: no download.
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import threading
 import time
@@ -30,6 +31,10 @@ def _digits(seed: int = 0):  # type: ignore[no-untyped-def]
     y = torch.tensor(y)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     return x[perm[:1400]], y[perm[:1400]], x[perm[1400:]], y[perm[1400:]]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _start_dashboard(db: str, endpoint: str, http: tuple[str, int], console: Console):  # type: ignore[no-untyped-def]
@@ -59,6 +64,8 @@ def run_demo(
     from .server import Controller
 
     console = console or Console()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # stop as cleanly as on Ctrl-C
     tmp = None
     if db is None:
         tmp = tempfile.TemporaryDirectory(prefix="lrpilot-demo-")

@@ -503,6 +503,19 @@ class Controller:
         )
         if ack.ok:
             session.control.lr_changed(ack.step)
+        if ack.rewind_step is not None:
+            cmd = self.store.command(ack.command_id)
+            before = ", ".join(f"{x:.3g}" for x in cmd.lrs_before or [])
+            after = ", ".join(f"{x:.3g}" for x in ack.lrs)
+            lost = ack.step - ack.rewind_step
+            why = cmd.reason.split(":", 1)[0] or "cut"
+            self.store.add_event(
+                session.run_id, ack.step, "rewind",
+                f"rewind: restored the step {ack.rewind_step} snapshot after a {why}; "
+                f"{lost} steps lost; lr {before} -> {after}",
+                {"rewind_step": ack.rewind_step, "steps_lost": lost, "lrs_before":
+                 cmd.lrs_before, "lrs_after": list(ack.lrs)},
+            )  # fmt: skip
 
     # ---------------------------------------------------------------- requests
 

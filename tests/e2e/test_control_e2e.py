@@ -11,7 +11,7 @@ from support import ThreadedController, wait_for
 
 
 def digits_run(opt_factory, steps: int, endpoint: str, control: str, run: str,
-               between=None) -> Monitor:  # type: ignore[no-untyped-def]  # fmt: skip
+               between=None, **monitor_kw) -> Monitor:  # type: ignore[no-untyped-def]  # fmt: skip
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x / 16.0, dtype=torch.float32)
     y = torch.tensor(y)
@@ -22,7 +22,8 @@ def digits_run(opt_factory, steps: int, endpoint: str, control: str, run: str,
         torch.nn.Linear(128, 10),
     )  # fmt: skip
     opt = opt_factory(model.parameters())
-    with Monitor(run=run, optimizer=opt, endpoint=endpoint, control=control) as mon:
+    with Monitor(run=run, optimizer=opt, model=model, endpoint=endpoint, control=control,
+                 **monitor_kw) as mon:  # fmt: skip
         for step in range(steps):
             idx = torch.randint(0, 1400, (64,), generator=gen)
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -74,3 +75,17 @@ def test_advise_records_and_a_person_approves(tmp_path) -> None:
                        and store.command(approved[0]))  # fmt: skip
         assert cmd.source == "approved" and cmd.applied_step is not None
         assert mon.changes and mon.changes[0].command_id == approved[0]
+
+
+def test_a_divergence_cut_rewinds_to_a_snapshot_and_is_recorded(tmp_path) -> None:
+    with ThreadedController(tmp_path / "r.db") as c:
+        mon = digits_run(lambda p: torch.optim.SGD(p, lr=1.0, momentum=0.9), 1300, c.endpoint,
+                         "auto", "rewound", rewind=True, rewind_every=100)  # fmt: skip
+        cuts = [ch for ch in mon.changes if ch.trigger in ("divergence", "spike")]
+        assert cuts and cuts[0].rewind_step is not None and mon.rewinds >= 1
+        assert cuts[0].rewind_step < cuts[0].step
+        store = Store(c.db, readonly=True)
+        event = wait_for(lambda: [e for e in store.events(mon.run_id) if e.kind == "rewind"])[0]
+        assert event.data["rewind_step"] == cuts[0].rewind_step
+        assert event.data["steps_lost"] == cuts[0].step - cuts[0].rewind_step
+        assert "steps lost" in event.reason

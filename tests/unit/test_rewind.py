@@ -1,0 +1,125 @@
+"""Rewind: snapshots restore exactly, stay in budget, and Monitor uses them on hard cuts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lrpilot.client import Monitor
+from lrpilot.client.protocol import Command
+from lrpilot.client.rewind import Rewinder
+from lrpilot.client.transport import MemoryTransport
+
+
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 4, generator=gen)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    tensors = [p.detach().clone() for p in model.parameters()]
+    for s in opt.state.values():
+        tensors += [v.detach().clone() for v in s.values() if isinstance(v, torch.Tensor)]
+    return tensors
+
+
+def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    return model, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def test_restore_gives_back_exactly_the_older_snapshot_and_keeps_the_lr() -> None:
+    model, opt = make()
+    rw = Rewinder(model, opt, every=10)
+    train(model, opt, 10)
+    rw.maybe_snapshot(10)
+    at10 = state(model, opt)
+    train(model, opt, 10, seed=1)
+    rw.maybe_snapshot(20)
+    train(model, opt, 5, seed=2)
+    opt.param_groups[0]["lr"] = 0.003  # changed since: the LR is not rolled back
+    assert rw.restore() == 10
+    for a, b in zip(state(model, opt), at10, strict=True):
+        assert torch.equal(a, b)
+    assert opt.param_groups[0]["lr"] == 0.003
+    assert [s.step for s in rw.snapshots] == [10]  # the newer one is gone for good
+
+
+def test_snapshots_only_every_k_steps_and_at_most_two() -> None:
+    model, opt = make()
+    rw = Rewinder(model, opt, every=5)
+    for step in range(1, 23):
+        rw.maybe_snapshot(step)
+    assert [s.step for s in rw.snapshots] == [15, 20]
+
+
+def test_over_budget_disables_with_a_warning() -> None:
+    model, opt = make()
+    train(model, opt, 1)
+    rw = Rewinder(model, opt, every=1, budget_bytes=100)
+    with pytest.warns(RuntimeWarning, match="rewind disabled"):
+        rw.maybe_snapshot(1)
+    assert rw.snapshots == [] and rw.restore() is None and "budget" in rw.disabled
+
+
+def test_max_rewinds() -> None:
+    model, opt = make()
+    rw = Rewinder(model, opt, every=1, max_rewinds=1)
+    rw.maybe_snapshot(1)
+    assert rw.restore() == 1
+    assert rw.restore() is None
+
+
+def cut(mon: Monitor, t: MemoryTransport, trigger: str) -> None:
+    cid = len(t.acks) + 1
+    t.commands.append(
+        Command(run_id=mon.run_id, command_id=cid, action="scale", value=0.1, source="auto",
+                reason=f"{trigger}: x", trigger=trigger)
+    )  # fmt: skip
+
+
+def test_monitor_rewinds_on_a_divergence_cut_not_on_a_plateau() -> None:
+    model, opt = make()
+    t = MemoryTransport()
+    mon = Monitor(run="rw", optimizer=opt, model=model, rewind=True, rewind_every=10, transport=t)
+    for _ in range(20):
+        train(model, opt, 1)
+        mon.step(loss=1.0)
+    # snapshots at steps 10 and 20; the older one (10) is what a cut restores
+    at10 = mon._rewinder.snapshots[0].model  # type: ignore[union-attr]
+    cut(mon, t, "plateau")
+    train(model, opt, 1)
+    mon.step(loss=1.0)
+    assert t.acks[-1].rewind_step is None and mon.rewinds == 0
+    cut(mon, t, "divergence")
+    train(model, opt, 1)
+    mon.step(loss=float("nan"))
+    ack = t.acks[-1]
+    assert ack.rewind_step == 10 and mon.rewinds == 1 and mon.changes[-1].rewind_step == 10
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, at10[name]), name
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.1 * 0.1)
+
+
+def test_on_rewind_hook_is_called_instead_of_snapshots() -> None:
+    model, opt = make()
+    t = MemoryTransport()
+    calls = []
+    mon = Monitor(run="hook", optimizer=opt, model=model, rewind=True, on_rewind=calls.append,
+                  transport=t)  # fmt: skip
+    mon.step(loss=1.0)
+    cut(mon, t, "spike")
+    mon.step(loss=1.0)
+    assert len(calls) == 1 and calls[0].trigger == "spike" and calls[0].lrs_before == [0.01]
+    assert t.acks[-1].rewind_step is None and opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_rewind_needs_a_model() -> None:
+    _, opt = make()
+    with pytest.raises(Exception, match="rewind=True needs model"):
+        Monitor(run="x", optimizer=opt, rewind=True, transport=MemoryTransport())
