@@ -276,5 +276,7 @@ def decode(frames: list[bytes]) -> Message:
         )
     try:
         return _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProtocolError(f"invalid message: {exc}") from None
+    # MsgspecError covers decode and validation errors; invalid UTF-8 in a string field
+    # surfaces as UnicodeDecodeError, a ValueError.
+    except (msgspec.MsgspecError, ValueError) as exc:
+        raise ProtocolError(f"invalid message: {str(exc)[:300]}") from None

@@ -276,6 +276,11 @@ class ZmqTransport(BaseTransport):
         hello_every = 0.25
         close_deadline: float | None = None
         bye_sent = False
+        # Patience grows while the controller is slow to answer (a flood of resends from
+        # every client would only slow it more) and shrinks back once acks flow again.
+        patience = self.ack_timeout
+        last_progress = time.monotonic()  # when the window last shrank (or became non-empty)
+        last_resend = -math.inf
 
         while not self._stop.is_set():
             now = time.monotonic()
@@ -303,10 +308,16 @@ class ZmqTransport(BaseTransport):
                         hello_every = 0.25
                         self._acked(msg.committed_seq)
                         self._resend(sock, zmq)
+                        last_progress = last_resend = time.monotonic()
                     elif isinstance(msg, BatchAck):
-                        self._acked(msg.seq)
-                        if msg.resend:
+                        if self._acked(msg.seq):
+                            last_progress = time.monotonic()
+                            patience = self.ack_timeout
+                        # Asked for the rest again (a gap, or a store outage): at most once
+                        # per half patience, not once per ack, or resends grow quadratically.
+                        if msg.resend and time.monotonic() - last_resend >= patience / 2:
                             self._resend(sock, zmq)
+                            last_resend = time.monotonic()
                         if bye_sent and not self._window:
                             self._bye_acked.set()
                     elif isinstance(msg, Command):
@@ -325,9 +336,17 @@ class ZmqTransport(BaseTransport):
                     self._applied.popitem(last=False)
                 self._queued_commands.discard(ack.command_id)
                 self._send(sock, zmq, ack)
+            if not self._window:
+                last_progress = now
             # -- (re)connect: no answer for a while means the controller went away
-            if welcomed and now - last_heard > self.ack_timeout and (self._window or bye_sent):
+            if welcomed and now - last_heard > patience and (self._window or bye_sent):
                 welcomed = False
+                patience = min(patience * 2, 30.0)
+            elif (
+                welcomed and now - last_progress > patience and now - last_resend > patience
+            ):  # it answers but our oldest batch is not getting through: send it again
+                self._resend(sock, zmq)
+                last_resend = now
             if not welcomed and now - last_hello >= hello_every:
                 last_hello = now
                 hello_every = min(hello_every * 2, 2.0)
@@ -336,7 +355,7 @@ class ZmqTransport(BaseTransport):
             if welcomed and now - last_sent > self.heartbeat:
                 self._send(sock, zmq, Heartbeat(run_id=run_id, step=self._last_step))
                 last_sent = now
-                if now - last_heard > self.heartbeat + self.ack_timeout:
+                if now - last_heard > self.heartbeat + patience:
                     welcomed = False
             # -- closing: wait for every batch to be acked, then bye and its ack
             if close_deadline is not None:
@@ -404,12 +423,16 @@ class ZmqTransport(BaseTransport):
                 break
             self.report.resent_batches += 1
 
-    def _acked(self, seq: int) -> None:
+    def _acked(self, seq: int) -> bool:
+        """Drop batches up to ``seq`` from the window; True if any was dropped."""
         self._acked_seq = max(self._acked_seq, seq)
+        progressed = False
         while self._window and next(iter(self._window)) <= seq:
             _, (_, n) = self._window.popitem(last=False)
             self._window_points -= n
             self.report.acked_points += n
+            progressed = True
+        return progressed
 
     def _on_command(self, sock: Any, zmq: Any, cmd: Command) -> None:
         done = self._applied.get(cmd.command_id)

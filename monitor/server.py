@@ -54,8 +54,13 @@ __all__ = ["Controller", "ControllerStats"]
 
 log = logging.getLogger("lrpilot.controller")
 
-#: Most messages handled per loop turn (bounds the latency of a request under load).
+#: A loop turn stops reading after this many messages, points or seconds, then commits and
+#: answers: that bounds how long an ack or a request waits behind a flood of metrics.
 _DRAIN_LIMIT = 2000
+_TURN_POINTS = 20_000
+_TURN_SECONDS = 0.05
+#: Longest error text sent back (a reply must stay within the protocol's bounds).
+_MAX_ERROR = 500
 
 
 @dataclass
@@ -68,6 +73,7 @@ class _Session:
     control: RunController
     last_heard: float
     finished: bool = False
+    needs_resend: bool = False  # a commit of its batches failed: ask for them again
 
 
 @dataclass
@@ -81,6 +87,11 @@ class ControllerStats:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     commands_sent: int = 0
+
+
+def _short(text: str) -> str:
+    """An error line cut to what a Reply may carry (a stranger's input can be huge)."""
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
 
 
 def _is_loopback(endpoint: str) -> bool:
@@ -275,7 +286,7 @@ class Controller:
         self.ready.set()
         try:
             while not self._stop.is_set():
-                self._turn(timeout_ms=100)
+                self._guarded(self._turn, 100)  # nothing a peer sends may end the loop
                 while self._policy_updates:  # saved by the watcher's thread, applied here
                     self._apply_policy(self._policy_updates.popleft())
         finally:
@@ -303,7 +314,11 @@ class Controller:
         if not sock.poll(timeout_ms):
             return
         pending: list[tuple[bytes, Metrics]] = []
+        points = 0
+        deadline = time.monotonic() + _TURN_SECONDS
         for _ in range(_DRAIN_LIMIT):
+            if points >= _TURN_POINTS or time.monotonic() > deadline:
+                break
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -320,6 +335,7 @@ class Controller:
                 continue
             if isinstance(msg, Metrics):
                 pending.append((identity, msg))
+                points += len(msg.steps)
                 continue
             if isinstance(msg, Bye):  # commit what came before it first
                 self._guarded(self._commit, pending)
@@ -372,10 +388,12 @@ class Controller:
             return
         session.last_heard = time.time()
         if isinstance(msg, Heartbeat):
-            self.store.touch(session.run_id)
-            self._send(
-                identity, BatchAck(run_id=msg.run_id, seq=self.store.committed_seq(msg.run_id))
-            )
+            try:
+                self.store.touch(session.run_id)
+            except StoreError as exc:  # not storing (disk full...): still answer
+                self._reject("store error", str(exc))
+            seq = self.store.committed_seq(msg.run_id)
+            self._send(identity, BatchAck(run_id=msg.run_id, seq=seq, resend=session.needs_resend))
         elif isinstance(msg, CommandAck):
             self._on_command_ack(session, msg)
         elif isinstance(msg, Bye):
@@ -439,7 +457,9 @@ class Controller:
             results = self.store.write_batches([b for _, b in accepted])
         except (StoreError, UnknownRun) as exc:
             self._reject("store error", str(exc))
-            return  # unacknowledged: the clients keep the batches and resend them
+            for _, batch in accepted:  # unacknowledged: the clients keep them and resend
+                self._sessions[batch.run_id].needs_resend = True
+            return
         acks: dict[str, tuple[bytes, bool]] = {}
         for (identity, batch), result in zip(accepted, results, strict=True):
             gap = result == "gap"
@@ -453,6 +473,7 @@ class Controller:
                 self.stats.duplicates += 1
         for run_id, (identity, gap) in acks.items():
             seq = self.store.committed_seq(run_id)
+            self._sessions[run_id].needs_resend = False
             self._send(identity, BatchAck(run_id=run_id, seq=seq, resend=gap))
 
     # ---------------------------------------------------------------- control
@@ -498,9 +519,17 @@ class Controller:
 
     def _on_command_ack(self, session: _Session, ack: CommandAck) -> None:
         assert self.store is not None
-        self.store.mark_command_done(
-            ack.command_id, step=ack.step, lrs=ack.lrs, ok=ack.ok, error=ack.error
-        )
+        if not self.store.mark_command_done(
+            ack.command_id, run_id=session.run_id, step=ack.step, lrs=ack.lrs, ok=ack.ok,
+            error=ack.error,
+        ):  # fmt: skip
+            try:
+                known = self.store.command(ack.command_id).run_id == session.run_id
+            except StoreError:
+                known = False
+            if not known:  # a repeat of an ack already recorded is fine; this is not
+                self._reject("ack for unknown command")
+            return
         if ack.ok:
             session.control.lr_changed(ack.step)
         if ack.rewind_step is not None:
@@ -523,14 +552,14 @@ class Controller:
         handler = getattr(self, f"_op_{req.op}", None)
         if handler is None:
             self._reject("unknown request")
-            return Reply(ok=False, error=f"unknown request {req.op!r}")
+            return Reply(ok=False, error=_short(f"unknown request {req.op!r}"))
         try:
             return Reply(ok=True, data=handler(**req.args))
         except LrpilotError as exc:
-            return Reply(ok=False, error=str(exc))
+            return Reply(ok=False, error=_short(str(exc)))
         except (TypeError, ValueError, OverflowError) as exc:  # e.g. id=1e300 from a stranger
             self._reject("bad request")
-            return Reply(ok=False, error=f"bad request {req.op!r}: {exc}")
+            return Reply(ok=False, error=_short(f"bad request {req.op[:64]!r}: {exc}"))
 
     def _live_run(self, run: str) -> _Session:
         assert self.store is not None

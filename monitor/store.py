@@ -226,8 +226,13 @@ class Store:
         try:
             with self._conn:
                 yield self._conn
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot write to {self.path}: {exc}") from None
+        except BaseException as exc:
+            # Series ids created inside a rolled-back transaction no longer exist: forget
+            # them, or their points would later be stored under another series' id.
+            self._series.clear()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreError(f"cannot write to {self.path}: {exc}") from None
+            raise
 
     # ---------------------------------------------------------------- writing (controller)
 
@@ -417,26 +422,31 @@ class Store:
         self,
         command_id: int,
         *,
+        run_id: str,
         step: int,
         lrs: Sequence[float],
         ok: bool,
         error: str = "",
         now: float | None = None,
-    ) -> None:
-        """Record the client's acknowledgement: applied at ``step`` with ``lrs``, or failed."""
+    ) -> bool:
+        """Record the client's acknowledgement: applied at ``step`` with ``lrs``, or failed.
+
+        Only a command of ``run_id`` that is still pending or sent is updated; returns
+        whether one was (an ack for another run's command, or a repeat, changes nothing).
+        """
         now = time.time() if now is None else now
         with self._transaction() as c:
-            c.execute(
+            cur = c.execute(
                 "UPDATE commands SET status=?, applied_step=?, applied_time=?, lrs_after=?,"
-                " error=? WHERE id=? AND status IN ('pending', 'sent')",
+                " error=? WHERE id=? AND run_id=? AND status IN ('pending', 'sent')",
                 ("applied" if ok else "failed", step if ok else None, now,
-                 json.dumps(list(lrs)), error, command_id),
+                 json.dumps(list(lrs)), error, command_id, run_id),
             )  # fmt: skip
+            if cur.rowcount == 0:
+                return False
             if ok and lrs:
-                c.execute(
-                    "UPDATE runs SET lrs=? WHERE id=(SELECT run_id FROM commands WHERE id=?)",
-                    (json.dumps(list(lrs)), command_id),
-                )
+                c.execute("UPDATE runs SET lrs=? WHERE id=?", (json.dumps(list(lrs)), run_id))
+        return True
 
     def cancel_pending_commands(self, run_id: str, reason: str) -> None:
         """Mark commands that never reached a finished run as failed."""
@@ -499,7 +509,8 @@ class Store:
                 f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (ref,)
             ).fetchone()
         if row is None:
-            raise UnknownRun(f"no run named or with id {ref!r}; `lrpilot runs` lists them")
+            shown = ref if len(ref) <= 80 else ref[:77] + "..."
+            raise UnknownRun(f"no run named or with id {shown!r}; `lrpilot runs` lists them")
         return self._run(row, now)
 
     def series_names(self, run_id: str) -> list[str]:

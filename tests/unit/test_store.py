@@ -86,7 +86,9 @@ def test_command_lifecycle(store: Store) -> None:
     assert store.command(cid).status == "pending"
     store.mark_command_sent(cid)
     assert [c.id for c in store.pending_commands("r1")] == [cid]
-    store.mark_command_done(cid, step=42, lrs=[0.01], ok=True)
+    assert not store.mark_command_done(cid, run_id="other", step=42, lrs=[9.0], ok=True)
+    assert store.mark_command_done(cid, run_id="r1", step=42, lrs=[0.01], ok=True)
+    assert not store.mark_command_done(cid, run_id="r1", step=43, lrs=[0.02], ok=True)
     c = store.command(cid)
     assert (c.status, c.applied_step, c.lrs_after) == ("applied", 42, [0.01])
     assert store.run("r1").lrs == [0.01]
