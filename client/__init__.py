@@ -15,6 +15,7 @@ from .protocol import DEFAULT_ENDPOINT
 if TYPE_CHECKING:
     from .commands import LrChange
     from .monitor import Monitor
+    from .stats import StatsConfig
     from .transport import TransportReport
 
 __all__ = [
@@ -23,10 +24,16 @@ __all__ = [
     "LrpilotError",
     "Monitor",
     "MonitorConfigError",
+    "StatsConfig",
     "TransportReport",
 ]
 
-_LAZY = {"Monitor": "monitor", "LrChange": "commands", "TransportReport": "transport"}
+_LAZY = {
+    "Monitor": "monitor",
+    "LrChange": "commands",
+    "StatsConfig": "stats",
+    "TransportReport": "transport",
+}
 
 
 def __getattr__(name: str) -> Any:

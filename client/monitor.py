@@ -32,13 +32,17 @@ from .protocol import (
     check_run_name,
 )
 from .rewind import Rewinder
+from .stats import StatsCollector, StatsConfig
 from .transport import BaseTransport, Flush, TransportReport, ZmqTransport
 
 __all__ = ["DEFAULT_ENDPOINT", "RESERVED_NAMES", "Monitor"]
 
 #: Series names lrpilot writes itself; a user scalar may not take them.
-RESERVED_NAMES = frozenset({"lr", "step", "step_time", "samples_per_s"})
-_RESERVED_PREFIXES = ("lr/", "grad_norm", "param_norm/", "update_ratio/", "_")
+RESERVED_NAMES = frozenset({
+    "lr", "step", "step_time", "samples_per_s",
+    "cos_grad_update", "nonfinite_grad_frac", "amp_scale", "amp_skipped",
+})  # fmt: skip
+_RESERVED_PREFIXES = ("lr/", "grad_norm", "param_norm/", "update_ratio/", "system/", "_")
 _MAX_NAME = 200
 _NO_OPTIMIZER = "this run has no optimizer (Monitor(optimizer=None))"
 #: Detections whose LR cut comes with a rewind (the policy's hard cuts).
@@ -105,6 +109,11 @@ class Monitor:
             :class:`LrChange` of a spike or divergence cut, before the cut is applied, to
             restore from your own checkpoint (large models).
         transport: a :class:`~lrpilot.client.transport.BaseTransport` (tests inject one).
+        stats: which gradient statistics to compute on the device (a
+            :class:`~lrpilot.client.stats.StatsConfig`; default ``StatsConfig()``, used when a
+            model or an optimizer is given; ``StatsConfig.off()`` for none).
+        scaler: the ``torch.amp.GradScaler`` of an AMP run, for ``amp_scale`` and
+            ``amp_skipped``.
 
     Example:
         >>> with Monitor(run="digits-mlp", optimizer=opt) as mon:
@@ -135,6 +144,8 @@ class Monitor:
         max_rewinds: int = 3,
         on_rewind: Callable[[LrChange], Any] | None = None,
         transport: BaseTransport | None = None,
+        stats: StatsConfig | None = None,
+        scaler: Any = None,
     ) -> None:
         try:
             check_run_name(run)
@@ -166,6 +177,11 @@ class Monitor:
         self.on_lr_change = on_lr_change
         self.close_timeout = close_timeout
         self._lr = LrControl(optimizer, scheduler) if optimizer is not None else None
+        self._stats = (
+            StatsCollector(model, optimizer, stats if stats is not None else StatsConfig(), scaler)
+            if model is not None or optimizer is not None
+            else None
+        )
         self.on_rewind = on_rewind
         self._rewinder: Rewinder | None = None
         if rewind and on_rewind is None:
@@ -219,6 +235,8 @@ class Monitor:
         LR command that arrived, effective from the next step. Never blocks, never raises for
         a controller problem; a NaN or inf value is recorded as such."""
         step = self._step
+        if self._stats is not None:
+            self._stats.after_step(step)  # queues device kernels only; never syncs
         names = tuple(scalars)
         if names not in self._known_names:
             self._check(names, scalars)
@@ -250,12 +268,29 @@ class Monitor:
         records, self._records = self._records, []
         self._next_flush = time.monotonic() + self.flush_interval
         self._flush_at = self._step + self.flush_every
+        if self._stats is not None:
+            records.extend(self._stats.drain())  # (step, names, 1-D tensor on its device)
         if not records:
             return
-        tensors = [v for _, _, vals in records for v in vals if isinstance(v, torch.Tensor)]
+        # Every tensor value of this flush, in record order, gathered into one vector so
+        # that a single copy brings them to the host.
+        parts: list[torch.Tensor] = []
+        scalars: list[torch.Tensor] = []
+        for _, _, vals in records:
+            if isinstance(vals, torch.Tensor):  # a statistics vector
+                if scalars:
+                    parts.append(_stack(scalars))
+                    scalars = []
+                parts.append(vals)
+            else:
+                scalars.extend(v for v in vals if isinstance(v, torch.Tensor))
+        if scalars:
+            parts.append(_stack(scalars))
         host = ready = None
-        if tensors:
-            stacked = torch.stack([t.detach().reshape(()) for t in tensors])
+        if parts:
+            device = parts[0].device
+            with torch.no_grad():
+                stacked = torch.cat([p if p.device == device else p.to(device) for p in parts])
             if stacked.device.type == "cpu":
                 host = stacked
             else:
@@ -350,6 +385,8 @@ class Monitor:
             return self._report
         self._closed = True
         self.flush()
+        if self._stats is not None:
+            self._stats.close()  # removes its optimizer hook
         report = self._transport.close(self.close_timeout)
         if self._lr is not None:
             self._lr.detach()
@@ -378,3 +415,16 @@ class Monitor:
     def _close_at_exit(self) -> None:
         self.close_timeout = min(self.close_timeout, 3.0)
         self.close()
+
+
+def _stack(scalars: list[torch.Tensor]) -> torch.Tensor:
+    """One 1-D tensor of the scalars' values. Under no_grad, ``stack`` needs no ``detach``
+    per tensor (measured: 23 us instead of 289 us for 80 tensors)."""
+    with torch.no_grad():
+        device = scalars[0].device
+        return torch.stack(
+            [
+                (t if t.dim() == 0 else t.reshape(())) if t.device == device else t.to(device)
+                for t in scalars
+            ]
+        )

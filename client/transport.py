@@ -45,9 +45,10 @@ __all__ = [
     "ZmqTransport",
 ]
 
-# A record is (step, names, values): values may be floats or 0-dim tensors; when the Flush
-# carries ``host_values`` the tensors were replaced by the flush's single host copy, in order.
-Record = tuple[int, tuple[str, ...], tuple[Any, ...]]
+# A record is (step, names, values): values is a tuple of floats or 0-dim tensors, or one 1-D
+# tensor of len(names) values (a StatsCollector's statistics for that step); the flush's single
+# host copy holds every tensor value of its records, in order.
+Record = tuple[int, tuple[str, ...], "tuple[Any, ...] | torch.Tensor"]
 
 
 @dataclass
@@ -141,6 +142,8 @@ def to_columns(flush: Flush, names: list[str]) -> tuple[list[int], list[int], li
     values: list[float] = []
     host = iter(flush.tensors.tolist()) if flush.tensors is not None else None
     for step, rec_names, rec_values in flush.records:
+        if isinstance(rec_values, torch.Tensor):  # a statistics vector, already on the host
+            rec_values = [next(host) for _ in rec_names]  # type: ignore[arg-type]
         for name, value in zip(rec_names, rec_values, strict=True):
             key = index.get(name)
             if key is None:

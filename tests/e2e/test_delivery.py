@@ -6,7 +6,7 @@ import time
 import warnings
 
 import torch
-from lrpilot.client import Monitor
+from lrpilot.client import Monitor, StatsConfig
 from lrpilot.monitor.store import Store
 from support import ThreadedController, free_port, wait_for
 
@@ -17,7 +17,7 @@ def test_absent_controller_never_hurts_the_loop() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mon = Monitor(run="alone", optimizer=opt, endpoint=endpoint, max_points=500,
-                      flush_every=10)  # fmt: skip
+                      flush_every=10, stats=StatsConfig.off())  # fmt: skip
         t0 = time.perf_counter()
         for step in range(2000):
             mon.step(loss=torch.tensor(float(step)), acc=0.5)

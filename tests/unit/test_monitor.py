@@ -10,6 +10,7 @@ import pytest
 import torch
 from lrpilot.client import Monitor, MonitorConfigError
 from lrpilot.client.protocol import Command
+from lrpilot.client.stats import StatsConfig
 from lrpilot.client.transport import MemoryTransport
 
 
@@ -18,6 +19,7 @@ def make(**kw: object) -> tuple[Monitor, MemoryTransport, torch.optim.Optimizer]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     t = MemoryTransport()
     kw.setdefault("optimizer", opt)
+    kw.setdefault("stats", StatsConfig.off())  # these tests count records: no statistics
     return Monitor(run="unit", transport=t, **kw), t, opt  # type: ignore[arg-type]
 
 
