@@ -169,6 +169,7 @@ class Monitor:
         )
         self.run = run
         self.run_id = uuid.uuid4().hex[:12]
+        self._secret = uuid.uuid4().hex
         self.optimizer = optimizer
         self.model = model
         self.control = control
@@ -223,6 +224,7 @@ class Monitor:
                 control=control,
                 config={k: (v if isinstance(v, (int, float, str, bool)) else repr(v))
                         for k, v in cfg.items()},
+                secret=self._secret,
             )
         )  # fmt: skip
         # A script that forgets close() still delivers its tail when the interpreter exits.

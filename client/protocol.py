@@ -126,6 +126,8 @@ class Hello(_Base, tag="hello"):
     optimizer: str | None = None
     control: str = "advise"
     config: dict[str, Any] = {}
+    # Per-run secret made by the client: only its holder may hello again for this run id.
+    secret: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
     def __post_init__(self) -> None:
         check_run_name(self.run)

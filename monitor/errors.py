@@ -3,6 +3,7 @@
 LrpilotError (lrpilot.client.errors)
 ├── StoreError            the database cannot be opened, read or written
 ├── UnknownRun            no run has that name or id
+├── RunOwned              a hello for a run id without that run's secret
 ├── ControllerError       the controller refused a request (bad LR, finished run...)
 ├── ControllerUnreachable no controller answered at the endpoint in time
 └── ServeError            the controller cannot start (port in use, bad endpoint, db locked)
@@ -16,6 +17,7 @@ __all__ = [
     "ControllerError",
     "ControllerUnreachable",
     "LrpilotError",
+    "RunOwned",
     "ServeError",
     "StoreError",
     "UnknownRun",
@@ -31,6 +33,10 @@ class UnknownRun(LrpilotError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "unknown run"
+
+
+class RunOwned(LrpilotError):
+    """A peer said hello with another run's id but not its secret."""
 
 
 class ControllerError(LrpilotError):

@@ -46,7 +46,14 @@ from ..client.protocol import (
     encode,
 )
 from .control import Decision, RunController
-from .errors import ControllerError, LrpilotError, ServeError, StoreError, UnknownRun
+from .errors import (
+    ControllerError,
+    LrpilotError,
+    RunOwned,
+    ServeError,
+    StoreError,
+    UnknownRun,
+)
 from .policy_file import DEFAULT_POLICY, PolicyFile, PolicyFileError, PolicyWatcher
 from .store import Store
 
@@ -413,8 +420,11 @@ class Controller:
             committed = self.store.open_run(
                 hello.run_id, hello.run, host=hello.host, pid=hello.pid,
                 optimizer=hello.optimizer, control=hello.control, lrs=hello.lrs,
-                config=hello.config,
+                config=hello.config, secret=hello.secret,
             )  # fmt: skip
+        except RunOwned:
+            self._reject("run id owned by another client")
+            return
         except StoreError as exc:
             self._reject("store error", str(exc))
             return

@@ -11,6 +11,8 @@ sequence is at or below ``last_seq`` is ignored.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import sqlite3
@@ -23,11 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError, UnknownRun
+from .errors import RunOwned, StoreError, UnknownRun
 
 __all__ = ["SCHEMA_VERSION", "CommandRecord", "EventRecord", "RunRecord", "Store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Statements that bring a database from version N-1 to N (the key), after _SCHEMA.
+_MIGRATIONS = {
+    2: ["ALTER TABLE runs ADD COLUMN secret TEXT NOT NULL DEFAULT ''"],
+}
 #: A live run that has sent nothing for this long is shown as stale.
 DEFAULT_STALE_AFTER = 15.0
 
@@ -206,10 +212,16 @@ class Store:
             if version == 0:
                 raise StoreError(f"{self.path} is not an lrpilot database (no schema)")
             return
-        if version < SCHEMA_VERSION:
+        if version == 0:
             with self._conn:
                 self._conn.executescript(_SCHEMA)
-                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._conn.execute("PRAGMA user_version=1")
+            version = 1
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._conn:
+                for statement in _MIGRATIONS[target]:
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={target}")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite on the last close)."""
@@ -247,20 +259,29 @@ class Store:
         control: str = "advise",
         lrs: Sequence[float] = (),
         config: dict[str, Any] | None = None,
+        secret: str = "",
         now: float | None = None,
     ) -> int:
-        """Create the run, or mark an existing one live again; return its last committed seq."""
+        """Create the run, or mark an existing one live again; return its last committed seq.
+
+        ``secret`` is the client's per-run secret: the first hello stores its hash, and a
+        later hello for the same run id must carry the same secret (RunOwned otherwise), so
+        no other peer can take a run over by its id.
+        """
         now = time.time() if now is None else now
+        digest = hashlib.sha256(secret.encode()).hexdigest() if secret else ""
         with self._transaction() as c:
-            row = c.execute("SELECT last_seq FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = c.execute("SELECT last_seq, secret FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 c.execute(
                     "INSERT INTO runs (id, name, created, host, pid, optimizer, control, config,"
-                    " last_seen, lrs) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " last_seen, lrs, secret) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (run_id, name, now, host, pid, optimizer, control,
-                     json.dumps(config or {}, default=str), now, json.dumps(list(lrs))),
+                     json.dumps(config or {}, default=str), now, json.dumps(list(lrs)), digest),
                 )  # fmt: skip
                 return 0
+            if row[1] and not hmac.compare_digest(row[1], digest):
+                raise RunOwned(f"run id {run_id!r} belongs to another client")
             c.execute(
                 "UPDATE runs SET finished=NULL, last_seen=?, control=? WHERE id=?",
                 (now, control, run_id),

@@ -454,14 +454,6 @@ def test_a_peer_cannot_ack_another_runs_command(controller: ThreadedController) 
         attacker.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Controller._on_hello rebinds an existing session to whichever peer says hello with its "
-        "run id; that peer can then commit batches with a higher seq, and the real client's "
-        "batches at or below it are acknowledged as duplicates and never stored"
-    ),
-)
 def test_a_peer_cannot_take_over_another_runs_id(
     controller: ThreadedController, streamer_factory: list[Streamer]
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from lrpilot.client.protocol import Metrics
-from lrpilot.monitor.errors import StoreError, UnknownRun
+from lrpilot.monitor.errors import RunOwned, StoreError, UnknownRun
 from lrpilot.monitor.store import Store
 
 
@@ -27,7 +27,7 @@ def store(tmp_path: Path) -> Store:
 
 def test_wal_mode_and_schema_version(store: Store) -> None:
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_resent_batches_are_ignored(store: Store) -> None:
@@ -120,3 +120,28 @@ def test_readonly_reader_sees_the_writer(store: Store) -> None:
     store.write_batches([batch(1, [0, 1])])
     assert reader.points("r1", "loss")[0].tolist() == [0, 1]
     assert [n for _, n, _ in reader.iter_points("r1")] == ["loss", "loss", "lr"]
+
+
+def test_a_run_id_is_bound_to_the_secret_of_its_first_hello(tmp_path: Path) -> None:
+    s = Store(tmp_path / "o.db")
+    s.open_run("r", "n", secret="mine")
+    assert s.open_run("r", "n", secret="mine") == 0
+    with pytest.raises(RunOwned, match="belongs to another client"):
+        s.open_run("r", "n", secret="theirs")
+    with pytest.raises(RunOwned):
+        s.open_run("r", "n")
+
+
+def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
+    from lrpilot.monitor import store as store_module
+
+    con = sqlite3.connect(tmp_path / "v1.db")
+    con.executescript(store_module._SCHEMA)
+    con.execute("PRAGMA user_version=1")
+    con.execute("INSERT INTO runs (id, name, created, last_seen) VALUES ('old', 'old', 1, 1)")
+    con.commit()
+    con.close()
+    s = Store(tmp_path / "v1.db")
+    assert s._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert s.open_run("old", "old", secret="x") == 0  # an old run has no secret to check
+    assert [r.id for r in s.runs()] == ["old"]
