@@ -421,12 +421,11 @@ class Monitor:
 
 def _stack(scalars: list[torch.Tensor]) -> torch.Tensor:
     """One 1-D tensor of the scalars' values. Under no_grad, ``stack`` needs no ``detach``
-    per tensor (measured: 23 us instead of 289 us for 80 tensors)."""
+    per tensor (measured: ~30 us instead of 289 us for 80 tensors); the per-tensor reshape
+    and move are only paid when shapes or devices are mixed."""
     with torch.no_grad():
-        device = scalars[0].device
-        return torch.stack(
-            [
-                (t if t.dim() == 0 else t.reshape(())) if t.device == device else t.to(device)
-                for t in scalars
-            ]
-        )
+        try:
+            return torch.stack(scalars)
+        except RuntimeError:  # a 1-element tensor of shape (1,) or another device among them
+            device = scalars[0].device
+            return torch.stack([t.reshape(()).to(device) for t in scalars])

@@ -37,7 +37,7 @@ def run_at_step(endpoint: str, name: str, step: int) -> dict:
         runs = json.loads(r.stdout) if r.returncode == 0 else []
         return next((x for x in runs if x["name"] == name and x["last_step"] >= step), None)
 
-    return wait_for(ready, timeout=30, what=f"run {name} to reach step {step}")  # type: ignore[return-value]
+    return wait_for(ready, timeout=120, what=f"run {name} to reach step {step}")  # type: ignore[return-value]
 
 
 def exported(db: Path, run: str) -> dict[tuple[int, str], float]:

@@ -132,3 +132,14 @@ def test_step_after_close_is_an_error_and_close_is_idempotent() -> None:
     assert mon.close() is r1
     with pytest.raises(MonitorConfigError, match="after close"):
         mon.step(other=1.0)
+
+
+def test_mixed_tensor_shapes_and_devices_fall_back_and_keep_values() -> None:
+    mon, t, _ = make(flush_every=2)
+    mon.step(loss=torch.tensor(1.5), acc=torch.tensor([0.25]))
+    mon.step(loss=torch.tensor(2.5, dtype=torch.float64), acc=torch.tensor([0.75]))
+    mon.close()
+    pts = {(s, n): v for s, n, v in t.points()}
+    assert [pts[(0, "loss")], pts[(0, "acc")], pts[(1, "loss")], pts[(1, "acc")]] == [
+        1.5, 0.25, 2.5, 0.75,
+    ]  # fmt: skip
