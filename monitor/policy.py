@@ -8,11 +8,9 @@ The rules, in the order they are applied to a detection:
 
 1. ``off`` mode only watches; a paused run (a person set the LR) gets no automatic command.
 2. Cooldown: ``cooldown`` steps after any change no new change is made, except that a spike or
-   a divergence may still cut after a plateau, oscillation or increase change, and that one
-   increase may follow another as soon as the earlier one has passed its probation.
-3. Cap: at most ``max_changes`` reductions within any ``change_window`` steps (a hard cut is
-   exempt: only another hard cut within ``cooldown`` holds it back; increases have their own
-   cap, ``max_increases``, and do not count).
+   a divergence may still cut after a plateau, oscillation or increase change.
+3. Cap: at most ``max_changes`` changes within any ``change_window`` steps (a hard cut is
+   exempt: only another hard cut within ``cooldown`` holds it back).
 4. Bounds: the LR stays within ``[min_lr, max_lr]``; a change that would cross a bound is
    clipped to it (``set``), one smaller than ``min_change`` is not made.
 5. ``advise`` mode records the command it would send and waits for :meth:`Policy.approve`.
@@ -23,9 +21,6 @@ divergence cut it by ``cut_factor`` (the client also runs the user's hook for th
 ``increase_factor``, at most ``max_increases`` times, never without a known LR, and on
 probation: if within ``probation`` steps the run oscillates, spikes or diverges, or its loss
 level is no lower than before the increase, the increase is undone and no more are tried.
-Increases come one probation apart, so an LR far too small climbs by ``increase_factor``
-about every ``probation`` steps (x2 per 100 steps by default: three decades in ~1,000 steps)
-while every step of the climb has to keep showing that it helps.
 """
 
 from __future__ import annotations
@@ -93,12 +88,11 @@ class PolicyConfig:
         cooldown: steps after a change during which no new change is made.
         min_lr, max_lr: bounds of the LR the policy sets.
         min_change: a change of the LR smaller than this is not made (torch's ``eps``).
-        max_changes: at most this many reductions ...
-        change_window: ... within this many steps (increases are not counted).
+        max_changes: at most this many changes ...
+        change_window: ... within this many steps.
         increase_factor: LR multiplier when the steps are too small; 1 turns increases off.
         max_increases: increases over the run's life (an undone one ends them).
-        probation: steps after an increase in which it must not make things worse; the next
-            increase may come when it is over.
+        probation: steps after an increase in which it must not make things worse.
     """
 
     mode: str | None = None
@@ -111,9 +105,9 @@ class PolicyConfig:
     min_change: float = 1e-8
     max_changes: int = 4
     change_window: int = 2000
-    increase_factor: float = 2.0
-    max_increases: int = 12
-    probation: int = 100
+    increase_factor: float = 1.5
+    max_increases: int = 3
+    probation: int = 300
 
     def __post_init__(self) -> None:
         if self.mode is not None:
@@ -193,8 +187,6 @@ class Policy:
         self.paused = False
         self.pending: Decision | None = None
         self._quiet_until = -math.inf  # no change before this step
-        self._hold_increase_until = -math.inf  # no increase before this step (after a cut)
-        self._increase_unacked = False  # an increase was sent and its ack not seen yet
         self._last_emergency = -math.inf  # step of the last hard cut
         self._changes: deque[int] = deque()  # steps of recent changes (for the cap)
         self._increases = 0
@@ -228,14 +220,9 @@ class Policy:
     def changed(self, step: int) -> None:
         """An LR change (automatic or manual) took effect at ``step``: cooldown starts there.
 
-        The advice awaiting approval is dropped: it was computed for the LR before. A change
-        other than the policy's own increase also holds increases back for ``cooldown``.
+        The advice awaiting approval is dropped: it was computed for the LR before.
         """
         self._quiet_until = max(self._quiet_until, step + self.config.cooldown)
-        if self._increase_unacked:
-            self._increase_unacked = False  # the ack of our increase: probation times it
-        else:
-            self._hold_increase_until = max(self._hold_increase_until, step + self.config.cooldown)
         if self.pending is not None and self.pending.step <= step:
             self.pending = None
 
@@ -341,8 +328,10 @@ class Policy:
             return None, f"the increase at step {self._probation['step']} is on probation"
         if self._increases >= c.max_increases:
             return None, f"cap: {self._increases} increases already (max_increases)"
-        if step < self._hold_increase_until:
-            return None, f"cooldown until step {self._hold_increase_until}"
+        if step < self._quiet_until:
+            return None, f"cooldown until step {self._quiet_until}"
+        if why := self._capped(step):
+            return None, why
         if lr is None:
             return None, "LR unknown: never increase blind"
         if lr >= c.max_lr * (1.0 - 1e-9):
@@ -385,14 +374,11 @@ class Policy:
     def _record_change(self, step: int, decision: Decision) -> None:
         c = self.config
         self._quiet_until = max(self._quiet_until, step + c.cooldown)
-        if decision.kind != "lr_too_small":
-            self._changes.append(step)
-            self._hold_increase_until = max(self._hold_increase_until, step + c.cooldown)
+        self._changes.append(step)
         if decision.kind in EMERGENCIES:
             self._last_emergency = step
         if decision.kind == "lr_too_small" and decision.command is not None:
             self._increases += 1
-            self._increase_unacked = True
             before = median(self._losses) if self._losses else math.inf
             self._probation = {"step": step, "before": before, "lr_before": self._lr}
 

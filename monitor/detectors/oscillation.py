@@ -120,7 +120,7 @@ class AlignmentConfig:
     """
 
     window: int = 100
-    threshold: float = 0.1
+    threshold: float = 0.2
     alpha: float = 0.001
     series: str = "cos_grad_update"
 
@@ -156,11 +156,6 @@ class AlignmentDetector(Detector):
         self._values = deque(state["values"])
         self._sum = state["sum"]
         self._sumsq = state["sumsq"]
-
-    def window_mean(self) -> tuple[float, int]:
-        """Mean of the cosines in the current (possibly partial) window and their count."""
-        n = len(self._values)
-        return (self._sum / n if n else 0.0), n
 
     def _update(self, step: int, value: float) -> Detection | None:
         value = min(1.0, max(-1.0, value))
