@@ -14,7 +14,7 @@ import os
 import time
 
 import torch
-from lrpilot.client import Monitor
+from lrpilot.client import Monitor, StatsConfig
 
 
 def main() -> None:
@@ -43,6 +43,7 @@ def main() -> None:
         endpoint=args.endpoint,
         control=args.control,
         close_timeout=30.0,
+        stats=StatsConfig.off(),  # exact point counts per step: only loss, batch and lr
     ) as mon:
         print(f"run_id {mon.run_id}", flush=True)
         step = 0
