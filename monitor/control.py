@@ -9,6 +9,13 @@ Inside, each series feeds the detectors that watch it (see :class:`~.policy.RunP
 for non-finite values; "cos_grad_update" the alignment detector; "lr" (group 0's LR, sent
 when it changes) is remembered for the policy's bounds. Every detection goes through the
 :class:`~.policy.Policy`, which returns the decision.
+
+One cross-check happens here, where both detectors are at hand: a plateau, or a loss "stuck"
+at its initial level, is not acted on while the alignment detector's current window says the
+steps are too small (mean cosine
+above its threshold over at least ``_VETO_POINTS`` points). Loss alone cannot tell "at the
+noise floor" from "creeping forward with a tiny LR"; the cosine can, and cutting an LR that
+is already too small is the one move that can only hurt.
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ __all__ = ["CONTROL_MODES", "Decision", "RunController"]
 
 # Reset when the LR changes: what they measured belongs to the old LR.
 _RESET_ON_LR_CHANGE = ("plateau", "oscillation", "alignment")
+_VETO_POINTS = 20  # cosines needed before they may veto a plateau cut
+
+
+def _vetoable(hit: Detection) -> bool:
+    return hit.kind == "plateau" or (hit.kind == "divergence" and hit.data.get("cause") == "stuck")
 
 
 def _build_detectors(policy: RunPolicy) -> dict[str, Detector]:
@@ -204,13 +216,14 @@ class RunController:
                 if hit is not None:
                     found.append(hit)
             if key == loss_key:
-                undo = self._rules.observe_loss(step, value)
+                undo = self._rules.observe_loss(step, value, self._lr)
                 if undo is not None:
                     out.append(undo)
             if len(found) > 1:
                 found.sort(key=priority)
             for hit in found:
-                out.append(self._rules.decide(hit, self._lr))
+                veto = self._veto(hit) if _vetoable(hit) else None
+                out.append(veto or self._rules.decide(hit, self._lr))
         return out
 
     # -- inside
@@ -220,6 +233,20 @@ class RunController:
         for det in self._detectors.values():
             routes.setdefault(det.config.series, []).append(det)
         self._routes = routes
+
+    def _veto(self, hit: Detection) -> Decision | None:
+        """A plateau (or stuck) while the steps are demonstrably too small: record, no cut."""
+        align = self._detectors["alignment"]
+        assert isinstance(align, AlignmentDetector)
+        mean, n = align.window_mean()
+        limit = align.config.threshold
+        if n < _VETO_POINTS or mean <= limit:
+            return None
+        why = (
+            f"steps too small: mean {align.config.series} {mean:+.2f} over the last {n} points "
+            f"> {limit:g}; the loss is creeping, not at its floor"
+        )
+        return Decision(hit.step, hit.kind, hit.reason, None, why, dict(hit.data))
 
     def _restart(self, step: int, series: str, last: int) -> Decision:
         for det in self._detectors.values():

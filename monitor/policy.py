@@ -8,9 +8,11 @@ The rules, in the order they are applied to a detection:
 
 1. ``off`` mode only watches; a paused run (a person set the LR) gets no automatic command.
 2. Cooldown: ``cooldown`` steps after any change no new change is made, except that a spike or
-   a divergence may still cut after a plateau, oscillation or increase change.
-3. Cap: at most ``max_changes`` changes within any ``change_window`` steps (a hard cut is
-   exempt: only another hard cut within ``cooldown`` holds it back).
+   a divergence may still cut after a plateau, oscillation or increase change, and that one
+   increase may follow another as soon as the earlier one has passed its probation.
+3. Cap: at most ``max_changes`` reductions within any ``change_window`` steps (a hard cut is
+   exempt: only another hard cut within ``cooldown`` holds it back; increases have their own
+   cap, ``max_increases``, and do not count).
 4. Bounds: the LR stays within ``[min_lr, max_lr]``; a change that would cross a bound is
    clipped to it (``set``), one smaller than ``min_change`` is not made.
 5. ``advise`` mode records the command it would send and waits for :meth:`Policy.approve`.
@@ -20,7 +22,19 @@ divergence cut it by ``cut_factor`` (the client also runs the user's hook for th
 ``lr_too_small`` (successive updates agree, from the alignment detector) raises it by
 ``increase_factor``, at most ``max_increases`` times, never without a known LR, and on
 probation: if within ``probation`` steps the run oscillates, spikes or diverges, or its loss
-level is no lower than before the increase, the increase is undone and no more are tried.
+level (median over ``probation`` steps) is worse than before the increase by more than
+``probation_tolerance``, the increase is undone and no more are tried. (Merely "no better"
+is not harm: at an LR far too small the loss barely moves in 100 steps, whatever its LR.)
+``lr_too_small`` evidence that arrives during a probation is kept and acted on the moment
+the probation passes. Increases come one probation apart, so an LR far too small climbs by
+``increase_factor`` about every ``probation`` steps (x2 per 100 steps by default: three
+decades in ~1,000 steps) while every step of the climb has to keep showing it does no harm.
+
+Follow-through, the mirror image for an LR far too high: a plateau or oscillation cut (or a
+follow-through) after which the loss level (median over ``probation`` steps) fell by at least
+``follow_gain`` of what it was before is repeated at once (kind ``follow``), outside cooldown
+and cap. A run held up by the noise floor of a too-high LR gains a lot from each halving and
+keeps halving; one at a sensible LR gains little and stops after the first.
 """
 
 from __future__ import annotations
@@ -88,11 +102,16 @@ class PolicyConfig:
         cooldown: steps after a change during which no new change is made.
         min_lr, max_lr: bounds of the LR the policy sets.
         min_change: a change of the LR smaller than this is not made (torch's ``eps``).
-        max_changes: at most this many changes ...
-        change_window: ... within this many steps.
+        max_changes: at most this many reductions ...
+        change_window: ... within this many steps (increases are not counted).
         increase_factor: LR multiplier when the steps are too small; 1 turns increases off.
         max_increases: increases over the run's life (an undone one ends them).
-        probation: steps after an increase in which it must not make things worse.
+        probation: steps after an increase in which it must not make things worse; the next
+            increase may come when it is over. Also the steps over which a cut is judged.
+        probation_tolerance: an increase is undone when the loss level after it is above the
+            level before by more than this fraction.
+        follow_gain: a plateau or oscillation cut after which the loss level fell by at least
+            this fraction is repeated (``follow``); 1 turns follow-through off.
     """
 
     mode: str | None = None
@@ -105,9 +124,11 @@ class PolicyConfig:
     min_change: float = 1e-8
     max_changes: int = 4
     change_window: int = 2000
-    increase_factor: float = 1.5
-    max_increases: int = 3
-    probation: int = 300
+    increase_factor: float = 2.0
+    max_increases: int = 12
+    probation: int = 100
+    probation_tolerance: float = 0.02
+    follow_gain: float = 0.05
 
     def __post_init__(self) -> None:
         if self.mode is not None:
@@ -130,6 +151,8 @@ class PolicyConfig:
         check_real("policy.increase_factor", self.increase_factor, low=1.0, high=10.0)
         check_int("policy.max_increases", self.max_increases, low=0)
         check_int("policy.probation", self.probation, low=10)
+        check_real("policy.probation_tolerance", self.probation_tolerance, low=0.0)
+        check_real("policy.follow_gain", self.follow_gain, low=0.0, high=1.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -187,11 +210,15 @@ class Policy:
         self.paused = False
         self.pending: Decision | None = None
         self._quiet_until = -math.inf  # no change before this step
+        self._hold_increase_until = -math.inf  # no increase before this step (after a cut)
+        self._increase_unacked = False  # an increase was sent and its ack not seen yet
         self._last_emergency = -math.inf  # step of the last hard cut
         self._changes: deque[int] = deque()  # steps of recent changes (for the cap)
         self._increases = 0
         self._increase_blocked = ""  # why no more increases, once one failed
         self._probation: dict[str, Any] | None = None  # the increase being judged
+        self._cut_trial: dict[str, Any] | None = None  # the reduction being judged
+        self._deferred: Detection | None = None  # lr_too_small seen during a probation
         self._losses: deque[float] = deque(maxlen=self.config.probation)
         self._step = 0
         self._lr: float | None = None  # the LR at the last decision
@@ -220,33 +247,74 @@ class Policy:
     def changed(self, step: int) -> None:
         """An LR change (automatic or manual) took effect at ``step``: cooldown starts there.
 
-        The advice awaiting approval is dropped: it was computed for the LR before.
+        The advice awaiting approval is dropped: it was computed for the LR before. A change
+        other than the policy's own increase also holds increases back for ``cooldown``.
         """
         self._quiet_until = max(self._quiet_until, step + self.config.cooldown)
+        if self._increase_unacked:
+            self._increase_unacked = False  # the ack of our increase: probation times it
+        else:
+            self._hold_increase_until = max(self._hold_increase_until, step + self.config.cooldown)
         if self.pending is not None and self.pending.step <= step:
             self.pending = None
 
-    def observe_loss(self, step: int, value: float) -> Decision | None:
+    def observe_loss(self, step: int, value: float, lr: float | None = None) -> Decision | None:
         """Track the loss level (finite values only) and end an increase's probation.
 
-        Returns the ``undo`` decision when the increase on probation did not lower the loss.
+        Returns the ``undo`` decision when the increase on probation made the loss worse, the
+        next increase when it passed and ``lr_too_small`` came during it (``lr``: the LR in
+        force, None if unknown), or a ``follow`` cut (see the module docstring).
         """
         self._step = step
         if not math.isfinite(value):
             return None
         self._losses.append(value)
+        follow = self._judge_cut(step)
+        if follow is not None:
+            return follow
         trial = self._probation
         if trial is None or step < trial["step"] + self.config.probation:
             return None
         after = median(self._losses)
-        if after < trial["before"]:
-            self._probation = None  # the increase helped: it stays
-            return None
+        if after <= trial["before"] * (1.0 + self.config.probation_tolerance):
+            self._probation = None  # the increase did no harm: it stays
+            deferred, self._deferred = self._deferred, None
+            if deferred is None or self._increase_for(step, lr)[0] is None:
+                return None  # nothing kept, or it would be refused now (cap, bound...)
+            return self.decide(replace(deferred, step=step,
+                                       reason=f"{deferred.reason} (at step {deferred.step}, "
+                                              f"during the probation)"), lr)  # fmt: skip
         reason = (
             f"undo: loss level {trial['before']:.4g} -> {after:.4g} in the {self.config.probation}"
-            f" steps after the increase at step {trial['step']}, no better"
+            f" steps after the increase at step {trial['step']}, worse"
         )
         return self._undo(step, reason, {"before": trial["before"], "after": after})
+
+    def _judge_cut(self, step: int) -> Decision | None:
+        cut = self._cut_trial
+        c = self.config
+        if cut is None or step < cut["step"] + c.probation:
+            return None
+        self._cut_trial = None
+        after = median(self._losses)
+        before = cut["before"]
+        if c.follow_gain >= 1.0 or not before > 0 or after > before * (1.0 - c.follow_gain):
+            return None
+        lr = cut["lr_after"]
+        if lr is not None and lr <= c.min_lr * (1.0 + 1e-9):
+            return None
+        gain = 1.0 - after / before
+        reason = (
+            f"follow: loss level {before:.4g} -> {after:.4g} (-{gain:.0%}) in the "
+            f"{c.probation} steps after the cut at step {cut['step']}: the LR was too high, "
+            "cutting again"
+        )
+        factor = cut["factor"]
+        command: tuple[str, float] = ("scale", factor)
+        if lr is not None and lr * factor < c.min_lr:
+            command = ("set", c.min_lr)
+        data = {"before": before, "after": after, "gain": gain, "cut_step": cut["step"]}
+        return self._finish(step, "follow", reason, command, "", data)
 
     # -- detections
 
@@ -266,6 +334,8 @@ class Policy:
                     dict(detection.data), kind="oscillation",
                 )  # fmt: skip
         command, why_not = self._command_for(detection, lr)
+        if kind == "lr_too_small" and command is None and "on probation" in why_not:
+            self._deferred = detection
         return self._finish(detection.step, kind, detection.reason, command, why_not,
                             dict(detection.data))  # fmt: skip
 
@@ -328,10 +398,8 @@ class Policy:
             return None, f"the increase at step {self._probation['step']} is on probation"
         if self._increases >= c.max_increases:
             return None, f"cap: {self._increases} increases already (max_increases)"
-        if step < self._quiet_until:
-            return None, f"cooldown until step {self._quiet_until}"
-        if why := self._capped(step):
-            return None, why
+        if step < self._hold_increase_until:
+            return None, f"cooldown until step {self._hold_increase_until}"
         if lr is None:
             return None, "LR unknown: never increase blind"
         if lr >= c.max_lr * (1.0 - 1e-9):
@@ -374,19 +442,33 @@ class Policy:
     def _record_change(self, step: int, decision: Decision) -> None:
         c = self.config
         self._quiet_until = max(self._quiet_until, step + c.cooldown)
-        self._changes.append(step)
+        if decision.kind != "lr_too_small":
+            self._changes.append(step)
+            self._hold_increase_until = max(self._hold_increase_until, step + c.cooldown)
         if decision.kind in EMERGENCIES:
             self._last_emergency = step
+        before = median(self._losses) if self._losses else math.inf
         if decision.kind == "lr_too_small" and decision.command is not None:
             self._increases += 1
-            before = median(self._losses) if self._losses else math.inf
+            self._increase_unacked = True
             self._probation = {"step": step, "before": before, "lr_before": self._lr}
+        self._cut_trial = None
+        if decision.kind in ("plateau", "oscillation", "follow") and decision.command:
+            action, value = decision.command
+            lr = self._lr
+            factor = value if action == "scale" else (value / lr if lr else 0.5)
+            if 0.0 < factor < 1.0:
+                self._cut_trial = {
+                    "step": step, "factor": factor, "before": before,
+                    "lr_after": lr * factor if lr is not None else None,
+                }  # fmt: skip
 
     def _undo(self, step: int, reason: str, data: dict[str, Any], kind: str = "undo") -> Decision:
         """Go back to the LR before the increase; bypasses cooldown and cap (a known-good LR)."""
         trial = self._probation or {}
         self._increase_blocked = self._increase_blocked or "an increase was undone"
         self._probation = None
+        self._deferred = None
         lr_before = trial.get("lr_before")
         command: tuple[str, float] = (
             ("set", lr_before) if lr_before is not None

@@ -8,10 +8,13 @@ Three signs, each reported once per episode:
   points rises significantly (one-sided t-test, p < ``alpha``) and by at least ``rise`` of its
   starting level, at every test for ``patience`` points in a row. A spike that recovers
   within ``patience`` points is the spike detector's business, not this one's.
-* **stuck**: after ``stuck_after`` points the series is still within ``stuck_tolerance`` of its
-  initial level (the median of its first ``initial_points`` points, or ``reference`` when
-  given, e.g. ``math.log(10)`` for ten classes) and not improving significantly: a net that
-  died without a NaN, as a far too high LR leaves it, outputting the same prediction forever.
+* **stuck**: after ``stuck_after`` points the series is still no better than its initial
+  level by more than ``stuck_tolerance`` (the level is the median of its first
+  ``initial_points`` points, or ``reference`` when given, e.g. ``math.log(10)`` for ten
+  classes) and not improving significantly: a net that died without a NaN, as a far too high
+  LR leaves it, outputting the same prediction forever, or one thrown *above* its initial
+  loss and kept there. It fires again after another ``stuck_after`` points if the run is
+  still stuck (the cut did not help: cut again).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class DivergenceConfig:
         alpha: significance level of the rise test.
         stuck_after: points before a series still at its initial level is called stuck;
             0 turns the stuck test off.
-        stuck_tolerance: relative distance from the initial level that still counts as "at".
+        stuck_tolerance: relative improvement on the initial level that still counts as stuck.
         initial_points: points whose median is the initial level.
         reference: the known level of a dead net (e.g. ``math.log(n_classes)``); None uses
             the initial level.
@@ -102,6 +105,7 @@ class DivergenceDetector(Detector):
         self._rising = 0  # points over which the rise test has held
         self._nan_fired = False
         self._stuck_fired = False
+        self._stuck_at = 0  # points seen when stuck last fired
 
     def _get_state(self) -> dict[str, Any]:
         return {
@@ -111,6 +115,7 @@ class DivergenceDetector(Detector):
             "rising": self._rising,
             "nan_fired": self._nan_fired,
             "stuck_fired": self._stuck_fired,
+            "stuck_at": self._stuck_at,
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -120,6 +125,7 @@ class DivergenceDetector(Detector):
         self._rising = state["rising"]
         self._nan_fired = state["nan_fired"]
         self._stuck_fired = state["stuck_fired"]
+        self._stuck_at = state.get("stuck_at", 0)
 
     def _nonfinite(self, step: int, value: float) -> Detection | None:
         if not self.config.nonfinite or self._nan_fired:
@@ -188,21 +194,22 @@ class DivergenceDetector(Detector):
     def _stuck_test(self, step: int, p_fall: float) -> Detection | None:
         c = self.config
         init = self._initial
-        if self._stuck_fired or c.stuck_after == 0 or init is None:
+        if c.stuck_after == 0 or init is None:
             return None
-        if self.points < c.stuck_after:
+        if self.points < c.stuck_after + (self._stuck_at if self._stuck_fired else 0):
             return None
         # "not improving": the fall is not significant at 5%.
         window_level = median(self._blocks.ys)
-        if abs(window_level - init) > c.stuck_tolerance * abs(init) or p_fall < 0.05:
+        if init - window_level > c.stuck_tolerance * abs(init) or p_fall < 0.05:
             return None
         self._stuck_fired = True
+        self._stuck_at = self.points
         what = "reference" if c.reference is not None else "initial level"
         return Detection(
             step,
             "divergence",
-            f"divergence: {c.series} stuck at {window_level:.4g}, within "
-            f"{c.stuck_tolerance:.0%} of its {what} {init:.4g} after {self.points} points "
+            f"divergence: {c.series} stuck at {window_level:.4g}, no better than "
+            f"{1 - c.stuck_tolerance:.0%} of its {what} {init:.4g} after {self.points} points "
             f"and not falling (p={p_fall:.2f}): the net may have died",
             {"cause": "stuck", "level": window_level, "initial": init, "p_fall": p_fall},
         )

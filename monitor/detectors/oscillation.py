@@ -113,19 +113,25 @@ class AlignmentConfig:
     """Settings of :class:`AlignmentDetector`.
 
     Args:
-        window: cosines averaged per test.
+        window: the most cosines averaged per test (the last ``window`` points).
+        min_points: after a reset (the controller resets on every LR change) the first test
+            comes at this many points; from there every point is tested on all the points so
+            far (up to ``window``), so strong evidence acts fast and weak evidence still gets
+            the full window. After a detection the next one needs a whole fresh window.
         threshold: the mean cosine must be reliably beyond ``±threshold``.
         alpha: one-sided significance level of the test of the mean against the threshold.
         series: the series' name, used in the reason line only.
     """
 
     window: int = 100
-    threshold: float = 0.2
+    min_points: int = 30
+    threshold: float = 0.1
     alpha: float = 0.001
     series: str = "cos_grad_update"
 
     def __post_init__(self) -> None:
         check_int("alignment.window", self.window, low=10, high=100_000)
+        check_int("alignment.min_points", self.min_points, low=5)
         check_real("alignment.threshold", self.threshold, low=0.0, high=1.0, high_open=True)
         check_real("alignment.alpha", self.alpha, low=0.0, high=0.5, low_open=True)
         if not isinstance(self.series, str) or not self.series:
@@ -145,17 +151,28 @@ class AlignmentDetector(Detector):
         super().__init__(config or AlignmentConfig())
 
     def _reset_state(self) -> None:
+        self._clear(min(self.config.min_points, self.config.window))
+
+    def _clear(self, need: int) -> None:
         self._values: deque[float] = deque()
         self._sum = 0.0
         self._sumsq = 0.0
+        self._need = need  # points before the next test
 
     def _get_state(self) -> dict[str, Any]:
-        return {"values": list(self._values), "sum": self._sum, "sumsq": self._sumsq}
+        return {"values": list(self._values), "sum": self._sum, "sumsq": self._sumsq,
+                "need": self._need}  # fmt: skip
 
     def _set_state(self, state: dict[str, Any]) -> None:
         self._values = deque(state["values"])
         self._sum = state["sum"]
         self._sumsq = state["sumsq"]
+        self._need = state["need"]
+
+    def window_mean(self) -> tuple[float, int]:
+        """Mean of the cosines in the current (possibly partial) window and their count."""
+        n = len(self._values)
+        return (self._sum / n if n else 0.0), n
 
     def _update(self, step: int, value: float) -> Detection | None:
         value = min(1.0, max(-1.0, value))
@@ -168,9 +185,9 @@ class AlignmentDetector(Detector):
             old = values.popleft()
             self._sum -= old
             self._sumsq -= old * old
-        if len(values) < c.window:
+        n = len(values)
+        if n < self._need:
             return None
-        n = c.window
         mean = self._sum / n
         if abs(mean) <= c.threshold:
             return None
@@ -180,7 +197,7 @@ class AlignmentDetector(Detector):
         p = t_sf(t, n - 1)
         if p >= c.alpha:
             return None
-        self._reset_state()
+        self._clear(c.window)
         if mean < 0:
             kind = "oscillation"
             what = "successive updates disagree (overshoot)"

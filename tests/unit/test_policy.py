@@ -125,7 +125,7 @@ def feed_losses(p: Policy, start: int, stop: int, level) -> list:
 
 
 def test_increase_is_capped_bounded_and_kept_when_it_helps() -> None:
-    p = auto(cooldown=0, max_increases=1, max_lr=0.3, probation=100)
+    p = auto(cooldown=0, max_increases=1, max_lr=0.3, probation=100, increase_factor=1.5)
     feed_losses(p, 0, 100, lambda s: 2.0 - 0.001 * s)
     assert p.decide(det(100, "lr_too_small"), None).why_not == "LR unknown: never increase blind"
     up = p.decide(det(100, "lr_too_small"), 0.1)
@@ -135,14 +135,14 @@ def test_increase_is_capped_bounded_and_kept_when_it_helps() -> None:
     assert feed_losses(p, 100, 300, lambda s: 2.0 - 0.002 * s) == [], "it helped: no undo"
     capped = p.decide(det(400, "lr_too_small"), 0.15)
     assert capped.why_not == "cap: 1 increases already (max_increases)"
-    q = auto(cooldown=0, max_lr=0.12)
+    q = auto(cooldown=0, max_lr=0.12, increase_factor=1.5)
     assert q.decide(det(1, "lr_too_small"), 0.1).command == ("set", 0.12)
     r = auto(cooldown=0, max_lr=0.12)
     assert r.decide(det(2, "lr_too_small"), 0.12).why_not == "bound: LR 0.12 is at max_lr 0.12"
 
 
 def test_increase_undone_when_the_loss_is_no_better() -> None:
-    p = auto(cooldown=0, probation=100)
+    p = auto(cooldown=0, probation=100, increase_factor=1.5)
     feed_losses(p, 0, 100, lambda s: 1.0)
     assert p.decide(det(100, "lr_too_small"), 0.1).command == ("scale", 1.5)
     undo = feed_losses(p, 100, 300, lambda s: 1.2)

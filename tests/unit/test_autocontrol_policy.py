@@ -1,0 +1,182 @@
+"""Automatic control on recorded statistics: the policy's decisions, table-driven, no training.
+
+A run is replayed as the server sees it: metrics batches of ``FLUSH`` steps go into a
+:class:`RunController`; a decision with a command changes the replayed LR from the next step
+on and is acknowledged with :meth:`RunController.lr_changed`, as the client's ack would be.
+The loss and the cosine between gradient and previous update are given as functions of the
+step and the LR in force, so each case reads like the run it stands for.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+from lrpilot.monitor.control import RunController
+from lrpilot.monitor.detectors import DivergenceConfig
+from lrpilot.monitor.policy import PolicyConfig, RunPolicy
+
+FLUSH = 20
+Series = Callable[[int, float], float]
+Decisions = list[tuple[int, str, "tuple[str, float] | None"]]
+
+
+def replay(steps: int, lr0: float, loss: Series, cos: Series | None, policy: RunPolicy,
+           seed: int = 0) -> tuple[Decisions, float]:  # fmt: skip
+    """Feed ``steps`` steps; return (step, kind, command) of every decision, and the final LR."""
+    rng = random.Random(seed)
+    ctl = RunController("auto", policy=policy)
+    lr = lr0
+    lr_sent = None
+    out: Decisions = []
+    for start in range(0, steps, FLUSH):
+        series: dict[str, list[tuple[int, float]]] = {"loss": []}
+        if cos is not None:
+            series["cos_grad_update"] = []
+        if lr != lr_sent:
+            series["lr"] = [(start, lr)]
+            lr_sent = lr
+        for s in range(start, start + FLUSH):
+            series["loss"].append((s, loss(s, lr) * (1 + 0.01 * rng.gauss(0, 1))))
+            if cos is not None:
+                series["cos_grad_update"].append((s, cos(s, lr) + 0.2 * rng.gauss(0, 1)))
+        names = list(series)
+        pts = sorted((s, k, v) for k, n in enumerate(names) for s, v in series[n])
+        decisions = ctl.observe([p[0] for p in pts], names, [p[1] for p in pts],
+                                [p[2] for p in pts])  # fmt: skip
+        for d in decisions:
+            out.append((d.step, d.kind, d.command))
+            if d.command is not None:
+                action, value = d.command
+                lr = value if action == "set" else lr * value
+                ctl.lr_changed(start + FLUSH)  # applied at the next step boundary
+    return out, lr
+
+
+def too_small_below(good: float) -> Series:
+    """Cosine of a run whose steps are too small below ``good`` and fine above it."""
+    return lambda s, lr: 0.5 if lr < good else 0.0
+
+
+def falling(rate: float = 1e-4) -> Series:
+    """A loss that falls faster the larger the LR (up to a point), never flat."""
+    return lambda s, lr: 2.0 * math.exp(-rate * s * min(lr, 0.05) / 1e-3) + 0.1
+
+
+def steady(s: int, lr: float) -> float:
+    """A loss that keeps falling whatever the LR: every increase passes its probation."""
+    return 2.0 - 0.0005 * s
+
+
+def kinds(decisions, with_command: bool = True) -> list[str]:  # type: ignore[no-untyped-def]
+    return [k for _, k, c in decisions if (c is not None) == with_command]
+
+
+CASES = [
+    # (name, steps, lr0, loss, cos, rules, check)
+    ("a far too small LR climbs x2 per probation until the cosine stops saying so",
+     2000, 1e-4, falling(), too_small_below(3e-3), {},
+     lambda d, lr: kinds(d) == ["lr_too_small"] * 5 and math.isclose(lr, 3.2e-3)),
+    ("increases are capped by max_increases",
+     3000, 1e-6, steady, too_small_below(1.0), {"max_increases": 4},
+     lambda d, lr: kinds(d) == ["lr_too_small"] * 4 and math.isclose(lr, 1.6e-5)),
+    ("increases stop at max_lr with a set to it",
+     3000, 0.1, steady, too_small_below(10.0), {"max_lr": 0.3},
+     lambda d, lr: [c for _, _, c in d if c] == [("scale", 2.0), ("set", 0.3)] and lr == 0.3),
+    ("no cosine: never an increase",
+     2000, 1e-4, falling(), None, {},
+     lambda d, lr: "lr_too_small" not in kinds(d) and lr <= 1e-4),
+    ("a good LR (cosine near 0, loss falling) is left alone",
+     3000, 1e-2, falling(), too_small_below(1e-3), {},
+     lambda d, lr: kinds(d) == [] and lr == 1e-2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "steps", "lr0", "loss", "cos", "rules", "check"), CASES,
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_increase_table(name, steps, lr0, loss, cos, rules, check) -> None:  # type: ignore[no-untyped-def]
+    decisions, lr = replay(steps, lr0, loss, cos, RunPolicy(rules=PolicyConfig(**rules)))
+    assert check(decisions, lr), f"{name}: got LR {lr:.3g} after {decisions}"
+
+
+def test_an_increase_that_hurts_is_undone_and_ends_the_climb() -> None:
+    # The cosine reads "too small", but at 2e-3 the loss level creeps up 5% (not a spike):
+    # the increase hurt, so it is undone when its probation ends.
+    def loss(s: int, lr: float) -> float:
+        return 1.0 if lr < 1.5e-3 else 1.05
+
+    decisions, lr = replay(1500, 1e-3, loss, too_small_below(1.0), RunPolicy())
+    commands = [(k, c) for _, k, c in decisions if c is not None]
+    assert commands[:2] == [("lr_too_small", ("scale", 2.0)), ("undo", ("set", 1e-3))], commands
+    assert len(commands) == 2 and lr == 1e-3, "no increase after an undo"
+    blocked = [k for _, k, c in decisions[2:] if k == "lr_too_small"]
+    assert blocked, "the cosine keeps asking; the policy keeps saying no"
+
+
+def test_overshoot_after_an_increase_is_undone_at_once() -> None:
+    # The increase lands above the stable range: the cosine turns strongly negative.
+    def cos(s: int, lr: float) -> float:
+        return 0.5 if lr < 1.5e-3 else -0.6
+
+    decisions, lr = replay(1500, 1e-3, falling(), cos, RunPolicy())
+    commands = [(k, c) for _, k, c in decisions if c is not None]
+    assert commands[:2] == [("lr_too_small", ("scale", 2.0)), ("oscillation", ("set", 1e-3))]
+    assert lr == 1e-3
+
+
+def test_a_plateau_is_not_cut_while_the_steps_are_too_small() -> None:
+    flat = lambda s, lr: 1.0  # noqa: E731 - statistically flat at a 500-step window
+    vetoed, lr = replay(1200, 1e-4, flat, too_small_below(1.0),
+                        RunPolicy(rules=PolicyConfig(increase_factor=1.0)))  # fmt: skip
+    plateaus = [(c, k) for _, k, c in vetoed if k == "plateau"]
+    assert plateaus and all(c is None for c, _ in plateaus) and lr == 1e-4, vetoed
+    cut, lr = replay(1200, 1e-4, flat, lambda s, lr: 0.0, RunPolicy())
+    assert [(k, c) for _, k, c in cut if c][:1] == [("plateau", ("scale", 0.5))], cut
+
+
+def test_a_run_thrown_above_its_initial_loss_is_cut_and_cut_again() -> None:
+    # A far too high LR: the loss jumps above its start and stays there, whatever the LR.
+    def loss(s: int, lr: float) -> float:
+        return 1.0 if s < 20 else 3.0
+
+    policy = RunPolicy(divergence=DivergenceConfig(stuck_after=400))
+    decisions, lr = replay(1300, 1.0, loss, None, policy)
+    stuck = [(s, c) for s, k, c in decisions if k == "divergence"]
+    assert [c for _, c in stuck] == [("scale", 0.1)] * 3, decisions
+    assert [s for s, _ in stuck] == sorted(s for s, _ in stuck) and math.isclose(lr, 1e-3)
+
+
+def test_a_cut_holds_increases_back_for_the_cooldown() -> None:
+    # Oscillating loss first (a cut), then the cosine says "too small": the increase waits.
+    def cos(s: int, lr: float) -> float:
+        return -0.6 if s < 200 else 0.5
+
+    decisions, _ = replay(900, 1e-2, falling(), cos, RunPolicy(rules=PolicyConfig(cooldown=300)))
+    applied = [(s, k) for s, k, c in decisions if c is not None]
+    assert applied[0][1] == "oscillation", applied
+    ups = [s for s, k in applied if k == "lr_too_small"]
+    assert ups and ups[0] >= applied[0][0] + 300, applied
+
+
+@pytest.mark.parametrize(
+    ("name", "excess", "lr0", "expected_kinds", "final_lr"),
+    [
+        # Held up by the noise floor of a too-high LR: each halving pays, so it keeps halving
+        # until a halving gains less than follow_gain (5%): 36, 28, 19, 12, 6.5, then 3.4%.
+        ("too high: plateau, then follow-through", 5.0, 0.1,
+         ["plateau", "follow", "follow", "follow", "follow", "follow"], 0.1 / 64),
+        # At a sensible LR the cut gains little: one plateau cut, no follow-through.
+        ("sensible: one cut", 0.05, 0.1, ["plateau"], 0.05),
+    ],
+)  # fmt: skip
+def test_follow_through(name, excess, lr0, expected_kinds, final_lr) -> None:  # type: ignore[no-untyped-def]
+    def loss(s: int, lr: float) -> float:
+        return 0.2 + excess * lr
+
+    policy = RunPolicy(rules=PolicyConfig(cooldown=1000),
+                       divergence=DivergenceConfig(stuck_after=0))  # flat from step 0  # fmt: skip
+    decisions, lr = replay(1500, lr0, loss, None, policy)
+    assert kinds(decisions) == expected_kinds, f"{name}: {decisions}"
+    assert math.isclose(lr, final_lr), f"{name}: LR {lr}"
