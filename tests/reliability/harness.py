@@ -14,14 +14,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import zmq
 from lrpilot.client.protocol import (
     BatchAck,
@@ -304,32 +302,4 @@ class Serve(ServeProcess):
     """``lrpilot serve`` without the dashboard, with optional extra arguments."""
 
     def __init__(self, db: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        super().__init__(db, port)
-        self.extra = extra
-
-    def start(self) -> Serve:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lrpilot.monitor.cli",
-                "serve",
-                "--db",
-                str(self.db),
-                "--listen",
-                self.endpoint,
-                *SERVE_ARGS,
-                *self.extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until bound (or exited)
-        if "listening" not in line:
-            rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
-            self.stop()
-            pytest.fail(f"lrpilot serve did not start: {line}{rest}")
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        return self
+        super().__init__(db, port, *SERVE_ARGS, *extra)
