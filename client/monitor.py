@@ -33,6 +33,7 @@ from .protocol import (
 )
 from .rewind import Rewinder
 from .stats import StatsCollector, StatsConfig
+from .system import SystemSampler
 from .transport import BaseTransport, Flush, TransportReport, ZmqTransport
 
 __all__ = ["DEFAULT_ENDPOINT", "RESERVED_NAMES", "Monitor"]
@@ -114,6 +115,8 @@ class Monitor:
             model or an optimizer is given; ``StatsConfig.off()`` for none).
         scaler: the ``torch.amp.GradScaler`` of an AMP run, for ``amp_scale`` and
             ``amp_skipped``.
+        system_every: seconds between samples of process (and, with NVML, GPU) memory and
+            utilisation, sent as ``system/...`` series at a flush; None (default) for none.
 
     Example:
         >>> with Monitor(run="digits-mlp", optimizer=opt) as mon:
@@ -146,6 +149,7 @@ class Monitor:
         transport: BaseTransport | None = None,
         stats: StatsConfig | None = None,
         scaler: Any = None,
+        system_every: float | None = None,
     ) -> None:
         try:
             check_run_name(run)
@@ -183,6 +187,7 @@ class Monitor:
             if model is not None or optimizer is not None
             else None
         )
+        self._system = SystemSampler(system_every) if system_every is not None else None
         self.on_rewind = on_rewind
         self._rewinder: Rewinder | None = None
         if rewind and on_rewind is None:
@@ -272,6 +277,10 @@ class Monitor:
         self._flush_at = self._step + self.flush_every
         if self._stats is not None:
             records.extend(self._stats.drain())  # (step, names, 1-D tensor on its device)
+        if self._system is not None:
+            sample = self._system.poll(time.monotonic())  # [] until its interval has passed
+            if sample:
+                records.append((max(self._step - 1, 0), *map(tuple, zip(*sample, strict=True))))
         if not records:
             return
         # Every tensor value of this flush, in record order, gathered into one vector so
@@ -389,6 +398,8 @@ class Monitor:
         self.flush()
         if self._stats is not None:
             self._stats.close()  # removes its optimizer hook
+        if self._system is not None:
+            self._system.close()
         report = self._transport.close(self.close_timeout)
         if self._lr is not None:
             self._lr.detach()

@@ -143,3 +143,16 @@ def test_mixed_tensor_shapes_and_devices_fall_back_and_keep_values() -> None:
     assert [pts[(0, "loss")], pts[(0, "acc")], pts[(1, "loss")], pts[(1, "acc")]] == [
         1.5, 0.25, 2.5, 0.75,
     ]  # fmt: skip
+
+
+def test_system_samples_are_opt_in_and_sent_as_system_series() -> None:
+    mon, t, _ = make(flush_every=1, system_every=1e-6)
+    mon.step(loss=1.0)
+    mon.step(loss=1.0)
+    mon.close()
+    names = {n for _, n, _ in t.points()}
+    assert any(n.startswith("system/") for n in names), names
+    plain, t2, _ = make(flush_every=1)
+    plain.step(loss=1.0)
+    plain.close()
+    assert not any(n.startswith("system/") for _, n, _ in t2.points())
