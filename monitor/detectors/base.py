@@ -29,6 +29,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_real",
+    "check_series",
     "interquartile_mean",
     "linear_trend",
     "mann_kendall",
@@ -83,6 +84,13 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``allowed``, else raise ValueError listing them."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def check_series(name: str, value: Any) -> str:
+    """Return ``value`` if it is a usable series name, else raise echoing it."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     return value
 
 

@@ -29,6 +29,7 @@ from .base import (
     Detector,
     check_int,
     check_real,
+    check_series,
     linear_trend,
     median,
     t_sf,
@@ -84,8 +85,7 @@ class DivergenceConfig:
                 raise ValueError(f"divergence.reference must be finite, got {self.reference!r}")
         if not isinstance(self.nonfinite, bool):
             raise ValueError(f"divergence.nonfinite must be true or false, got {self.nonfinite!r}")
-        if not isinstance(self.series, str) or not self.series:
-            raise ValueError(f"divergence.series must be a non-empty string, got {self.series!r}")
+        check_series("divergence.series", self.series)
 
 
 class DivergenceDetector(Detector):

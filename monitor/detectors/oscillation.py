@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Detection, Detector, check_int, check_real, t_sf
+from .base import Detection, Detector, check_int, check_real, check_series, t_sf
 
 __all__ = ["AlignmentConfig", "AlignmentDetector", "OscillationConfig", "OscillationDetector"]
 
@@ -49,8 +49,7 @@ class OscillationConfig:
     def __post_init__(self) -> None:
         check_int("oscillation.window", self.window, low=20, high=100_000)
         check_real("oscillation.z", self.z, low=0.0, low_open=True)
-        if not isinstance(self.series, str) or not self.series:
-            raise ValueError(f"oscillation.series must be a non-empty string, got {self.series!r}")
+        check_series("oscillation.series", self.series)
 
 
 class OscillationDetector(Detector):
@@ -134,8 +133,7 @@ class AlignmentConfig:
         check_int("alignment.min_points", self.min_points, low=5)
         check_real("alignment.threshold", self.threshold, low=0.0, high=1.0, high_open=True)
         check_real("alignment.alpha", self.alpha, low=0.0, high=0.5, low_open=True)
-        if not isinstance(self.series, str) or not self.series:
-            raise ValueError(f"alignment.series must be a non-empty string, got {self.series!r}")
+        check_series("alignment.series", self.series)
 
 
 class AlignmentDetector(Detector):

@@ -31,6 +31,7 @@ from .base import (
     check_choice,
     check_int,
     check_real,
+    check_series,
     mann_kendall,
     theil_sen,
 )
@@ -87,8 +88,7 @@ class PlateauConfig:
             check_int("plateau.patience", self.patience, low=self.blocks)
         else:
             check_int("plateau.patience", self.patience, low=0)
-        if not isinstance(self.series, str) or not self.series:
-            raise ValueError(f"plateau.series must be a non-empty string, got {self.series!r}")
+        check_series("plateau.series", self.series)
 
 
 class PlateauDetector(Detector):

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Detection, Detector, check_int, check_real, median
+from .base import Detection, Detector, check_int, check_real, check_series, median
 
 __all__ = ["SpikeConfig", "SpikeDetector"]
 
@@ -48,8 +48,7 @@ class SpikeConfig:
         check_int("spike.recent", self.recent, low=1, high=self.window)
         check_real("spike.k", self.k, low=0.0, low_open=True)
         check_real("spike.min_rel_scale", self.min_rel_scale, low=0.0)
-        if not isinstance(self.series, str) or not self.series:
-            raise ValueError(f"spike.series must be a non-empty string, got {self.series!r}")
+        check_series("spike.series", self.series)
 
 
 class SpikeDetector(Detector):
