@@ -196,7 +196,6 @@ class ZmqTransport(BaseTransport):
         self._window_points = 0
         self._names: list[str] = []
         self._seq = 0
-        self._acked_seq = 0
         self._last_step = 0
         self._stop = threading.Event()
         self._closing = threading.Event()
@@ -428,7 +427,6 @@ class ZmqTransport(BaseTransport):
 
     def _acked(self, seq: int) -> bool:
         """Drop batches up to ``seq`` from the window; True if any was dropped."""
-        self._acked_seq = max(self._acked_seq, seq)
         progressed = False
         while self._window and next(iter(self._window)) <= seq:
             _, (_, n) = self._window.popitem(last=False)

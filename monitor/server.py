@@ -437,11 +437,12 @@ class Controller:
                 last_heard=time.time(),
             )  # fmt: skip
             self._sessions[hello.run_id] = session
-            if control.mode != hello.control:  # the policy file overrides what the run asked
-                self.store.set_control(hello.run_id, control.mode)
             log.info("run %s (%s) connected, control=%s", hello.run, hello.run_id, control.mode)
-        elif session.control.paused:
-            self.store.set_control(hello.run_id, "paused")
+        # open_run stored what the run asked for; store what is in force (a policy file's
+        # override, or a pause that outlived a reconnect).
+        state = "paused" if session.control.paused else session.control.mode
+        if state != hello.control:
+            self.store.set_control(hello.run_id, state)
         session.identity = identity
         session.finished = False
         session.last_heard = time.time()
@@ -591,14 +592,7 @@ class Controller:
 
     def _op_runs(self) -> list[dict[str, Any]]:
         assert self.store is not None
-        return [self._run_dict(r) for r in self.store.runs()]
-
-    def _run_dict(self, r: Any) -> dict[str, Any]:
-        d = asdict(r)
-        session = self._sessions.get(r.id)
-        if session is not None and session.control.paused and d["control"] != "off":
-            d["control"] = "paused"
-        return d
+        return [asdict(r) for r in self.store.runs()]  # the store keeps "paused" in sync
 
     def _op_history(self, run: str) -> list[dict[str, Any]]:
         assert self.store is not None
