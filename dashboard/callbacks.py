@@ -15,10 +15,11 @@ from typing import Any
 
 import flask
 from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash.exceptions import PreventUpdate
 
-from . import ids, layout, panels
+from . import ids, inputs, layout, panels
 from .actions import ActionResult, Controller, perform
-from .data import DataSource, panel_spec, plan_panels
+from .data import DataSource, PanelSpec, panel_spec, plan_panels
 from .security import Guard
 
 __all__ = ["register"]
@@ -30,9 +31,10 @@ _GRAPH_CONFIG = {
 }
 
 
-def _options(smoothing: float | None, loss_axis: str | None) -> panels.Options:
+def _options(smoothing: Any, loss_axis: Any) -> panels.Options:
     return panels.Options(
-        smoothing=0.9 if smoothing is None else float(smoothing), loss_log=loss_axis == "log"
+        smoothing=inputs.smoothing(smoothing),
+        loss_log=inputs.choice(loss_axis, ("linear", "log"), "linear") == "log",
     )
 
 
@@ -50,16 +52,12 @@ def _signature(data: DataSource, run_ids: list[str]) -> tuple[str, list]:
     return hashlib.blake2b("\n".join(desc).encode(), digest_size=8).hexdigest(), specs
 
 
-def _x_range(relayout: dict[str, Any]) -> tuple[bool, list[float] | None]:
-    """(changed, range) from a graph's relayoutData; range None means autorange."""
-    if relayout.get("xaxis.autorange"):
-        return True, None
-    if "xaxis.range[0]" in relayout and "xaxis.range[1]" in relayout:
-        return True, [float(relayout["xaxis.range[0]"]), float(relayout["xaxis.range[1]"])]
-    if "xaxis.range" in relayout:
-        lo, hi = relayout["xaxis.range"]
-        return True, [float(lo), float(hi)]
-    return False, None
+def _panel(key: str) -> PanelSpec | None:
+    """The panel a cursor names, or None for a key no panel has (a forged cursor)."""
+    try:
+        return panel_spec(key)
+    except KeyError:
+        return None
 
 
 def register(
@@ -82,13 +80,13 @@ def register(
     def refresh_runs(_n, text, statuses, selected, shown):
         now = time.time()
         runs = data.runs()
-        wanted = set(statuses or ())
-        needle = (text or "").strip().lower()
+        wanted = inputs.choices(statuses, layout.STATUSES)
+        needle = inputs.text(text).strip().lower()
         visible = [r for r in runs if r.status in wanted and needle in r.name.lower()]
         counts = {s: sum(r.status == s for r in runs) for s in layout.STATUSES}
         summary = " · ".join(f"{counts[s]} {s}" for s in layout.STATUSES if counts[s])
         value = no_update
-        if not selected and not shown and runs:
+        if not inputs.run_ids(selected) and not shown and runs:
             # First runs to appear: show the newest live one (or the newest) at once.
             live = [r for r in runs if r.status == "live"]
             value = [(live or runs)[0].id]
@@ -110,6 +108,7 @@ def register(
         Input(ids.REBUILD, "data"),
     )
     def build_charts(selected, smoothing, loss_axis, _rebuild):
+        selected = inputs.run_ids(selected)
         if not selected:
             return html.Div(
                 "Select one or more runs on the left to see their charts.",
@@ -155,21 +154,31 @@ def register(
     )
     def live_tick(_n, selected, smoothing, loss_axis, signature, cursors, rebuild):
         n = len(cursors)
-        if not selected or signature is None:
+        if any(len(out) != n for out in ctx.outputs_list[:2]):  # not what our page sends
+            raise PreventUpdate
+        selected = inputs.run_ids(selected)
+        if not selected or not isinstance(signature, str):
             return [no_update] * n, [no_update] * n, no_update
         digest, _ = _signature(data, selected)
         if digest != signature:
-            return [no_update] * n, [no_update] * n, (rebuild or 0) + 1
+            bump = rebuild + 1 if isinstance(rebuild, int) and 0 <= rebuild < 2**31 else 1
+            return [no_update] * n, [no_update] * n, bump
         opts = _options(smoothing, loss_axis)
         figures: list = []
         new_cursors: list = []
-        for cursor in cursors:
+        for raw in cursors:
+            cursor = inputs.cursor(raw)
             runs = data.runs_by_id(cursor["runs"]) if cursor else []
             if not runs or ("keys" not in cursor and "seq" not in cursor):
                 figures.append(no_update)
                 new_cursors.append(no_update)
                 continue
-            patch, updated = panels.tick(data, panel_spec(cursor["panel"]), runs, opts, cursor)
+            spec = _panel(cursor["panel"])
+            if spec is None:
+                figures.append(no_update)
+                new_cursors.append(no_update)
+                continue
+            patch, updated = panels.tick(data, spec, runs, opts, cursor)
             figures.append(no_update if patch is None else patch)
             new_cursors.append(no_update if patch is None else updated)
         return figures, new_cursors, no_update
@@ -184,13 +193,16 @@ def register(
         prevent_initial_call=True,
     )
     def zoom(relayout, cursor, smoothing, loss_axis):
-        if not relayout or not cursor:
+        cursor = inputs.cursor(cursor)
+        if not cursor:
             return no_update, no_update
-        changed, x_range = _x_range(relayout)
+        changed, x_range = inputs.x_range(relayout)
         runs = data.runs_by_id(cursor["runs"])
         if not changed or not runs or (x_range is None and cursor.get("range") is None):
             return no_update, no_update
-        spec = panel_spec(cursor["panel"])
+        spec = _panel(cursor["panel"])
+        if spec is None or ("keys" not in cursor and spec.kind != "heatmap"):
+            return no_update, no_update
         return panels.zoom(data, spec, runs, _options(smoothing, loss_axis), cursor, x_range)
 
     if readonly:
@@ -206,7 +218,8 @@ def register(
         State(ids.LR_RUN, "value"),
     )
     def refresh_lr_panel(_n, selected, target):
-        runs = data.runs_by_id(selected or [])
+        runs = data.runs_by_id(inputs.run_ids(selected))
+        target = inputs.run_id(target)
         options = [{"label": f"{r.name} ({r.status})", "value": r.id} for r in runs]
         if target not in {r.id for r in runs}:
             live = [r for r in runs if r.status == "live"]
@@ -230,6 +243,9 @@ def register(
     )
     def lr_action(*args):
         run_id, lr_text, token = args[-3:]
+        run_id = inputs.run_id(run_id)
+        token = token if isinstance(token, str) else None
+        lr_text = lr_text if isinstance(lr_text, (str, int, float)) else None
         trigger = ctx.triggered_id
         action = (
             "set"

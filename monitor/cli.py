@@ -44,6 +44,43 @@ def _number(text: str) -> float:
     return value
 
 
+_MAX_SECONDS = 7 * 24 * 3600.0  # a week: anything longer is a typo, and overflows poll()
+
+
+def _duration(low: float, high: float, *, zero_ok: bool) -> Callable[[str], float]:
+    """argparse type: seconds within ``[low, high]`` (``(low, high]`` unless ``zero_ok``)."""
+    opening = "[" if zero_ok else "("
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        above = value >= low if zero_ok else value > low
+        if not math.isfinite(value) or not above or value > high:
+            raise argparse.ArgumentTypeError(
+                f"must be in {opening}{low:g}, {high:g}] seconds, got {text}"
+            )
+        return value
+
+    return parse
+
+
+_seconds = _duration(0.0, _MAX_SECONDS, zero_ok=False)  # timeouts, staleness
+_pace = _duration(0.0, 10.0, zero_ok=True)  # the demo's sleep per step
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of steps, 1 to 10 million."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"must be in [1, 10000000], got {text}")
+    return value
+
+
 def _fmt_time(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -366,7 +403,15 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error, instead of argparse's usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"lrpilot: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"lrpilot: error: {_printable(message)} (see `{self.prog} --help`)\n")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: an error echoing a user's input (a run name
+    with a carriage return, say) stays one visible line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--endpoint", default=_endpoint_default(),
             help="controller endpoint (default $LRPILOT_ENDPOINT or %(default)s)",
         )  # fmt: skip
-        sp.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for a reply")
+        sp.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait for a reply")
         sp.add_argument(
             "--keys", default=os.environ.get("LRPILOT_KEYS"),
             help="CURVE key directory when the controller requires it (default $LRPILOT_KEYS)",
@@ -415,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys", help="require CURVE-authenticated clients (a `lrpilot keys` directory); "
         "needed to listen off loopback",
     )  # fmt: skip
-    sp.add_argument("--stale-after", type=float, default=15.0, help="seconds before stale")
+    sp.add_argument("--stale-after", type=_seconds, default=15.0, help="seconds before stale")
     http(sp)
 
     sp = add("dashboard", cmd_dashboard, "serve the dashboard for a database file, read-only")
@@ -437,13 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("run", help="run name (newest run of that name) or run id")
         sp.add_argument(arg, type=_number)
         sp.add_argument("--no-wait", action="store_true", help="return once the command is sent")
-        sp.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait")
+        sp.add_argument("--wait-timeout", type=_seconds, default=30.0, help="seconds to wait")
         remote(sp)
 
     sp = add("approve", cmd_approve, "apply the LR change lrpilot advised for a run")
     sp.add_argument("run")
     sp.add_argument("--no-wait", action="store_true", help="return once the command is sent")
-    sp.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait")
+    sp.add_argument("--wait-timeout", type=_seconds, default=30.0, help="seconds to wait")
     remote(sp)
 
     for name, fn, what in (
@@ -473,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     remote(sp)
 
     sp = add("demo", cmd_demo, "controller + a real training run whose too-high LR gets fixed")
-    sp.add_argument("--steps", type=int, default=2000, help="training steps")
-    sp.add_argument("--pace", type=float, default=0.015, help="seconds to sleep per step")
+    sp.add_argument("--steps", type=_count, default=2000, help="training steps")
+    sp.add_argument("--pace", type=_pace, default=0.015, help="seconds to sleep per step")
     sp.add_argument("--lr", type=_number, default=None, help="starting LR (default: too high)")
     sp.add_argument("--db", default=None, help="keep the demo's database here")
     sp.add_argument("--keep", action="store_true", help="keep serving after training ends")
@@ -491,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except LrpilotError as exc:
-        print(f"lrpilot: error: {exc}", file=sys.stderr)
+        print(f"lrpilot: error: {_printable(str(exc))}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `lrpilot export ... | head`
         return 0
