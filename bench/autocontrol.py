@@ -6,7 +6,10 @@ store, and one ``Monitor(control="auto")`` per run. Each Monitor drives a small 
 ``torch.optim.SGD`` "proxy" optimizer (one dummy parameter, never stepped) whose
 ``param_groups[0]["lr"]`` is read back every step as that run's LR: the controller's commands
 reach the training loop only through the client's real command path (and, for "auto on top
-of cosine", through its scheduler composition with a real ``CosineAnnealingLR``).
+of cosine", through its scheduler composition with a real ``CosineAnnealingLR``). Each
+Monitor has ``rewind=True`` (the recommended setting with control="auto") and, as its
+``model``, a :class:`RunView` of its run's slice of the batched tensors, so the client's own
+Rewinder takes and restores the snapshots.
 
 To fit in minutes on two cores, all runs of one (task, optimizer) are trained at once as one
 batched model: weights ``[models, in, out]``, ``bmm`` forward, autograd backward, and a
@@ -185,7 +188,7 @@ class BatchedOptimizer:
     def __init__(self, kind: str, params: list[torch.Tensor]) -> None:
         self.kind = kind
         self.params = params
-        self.t = 0
+        self.t = torch.zeros(params[0].shape[0])  # per model: a rewind restores its own
         self.state = [torch.zeros_like(p) for p in params]  # momentum buffer / exp_avg
         self.prev = self.state if kind == "sgd" else [torch.zeros_like(p) for p in params]
         self.sq = [torch.zeros_like(p) for p in params] if kind == "adam" else []
@@ -212,13 +215,45 @@ class BatchedOptimizer:
                 ea, sq = self.state[i], self.sq[i]
                 ea.lerp_(g, 0.1)
                 sq.mul_(0.999).addcmul_(g, g, value=0.001)
-                bc1 = 1 - 0.9**self.t
-                bc2 = 1 - 0.999**self.t
+                bc1 = (1 - 0.9**self.t).view(shape)
+                bc2 = (1 - 0.999**self.t).view(shape)
                 upd = (ea / bc1) / ((sq / bc2).sqrt_().add_(1e-8))
                 self.prev[i] = upd
                 p.sub_(lr.view(shape) * upd)
             p.grad = None
         return torch.where(uu > 0, dot / (gg * uu).sqrt().clamp_min(1e-30), 0.0)
+
+
+class RunView(torch.nn.Module):
+    """Model ``m`` of a batched group as the client's rewind sees a model.
+
+    ``Monitor(model=RunView(...), rewind=True)`` then snapshots and restores this run exactly
+    as it would an ordinary module: ``state_dict()`` holds model m's weights *and* its slice
+    of the batched optimizer's state (momentum / Adam moments, step count), since the proxy
+    optimizer the Monitor drives holds none; ``load_state_dict`` writes them back.
+    """
+
+    def __init__(self, model: BatchedMLP, optim: BatchedOptimizer, m: int) -> None:
+        super().__init__()
+        self._batched = (model, optim)
+        self._m = m
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        model, optim = self._batched
+        lists = {"w": model.params, "s": optim.state, "q": optim.sq}
+        if optim.prev is not optim.state:
+            lists["u"] = optim.prev
+        out = {f"{k}{i}": t for k, ts in lists.items() for i, t in enumerate(ts)}
+        out["t"] = optim.t
+        return out
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return {k: t[self._m] for k, t in self._tensors().items()}
+
+    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        with torch.no_grad():
+            for k, t in self._tensors().items():
+                t[self._m] = state[k]
 
 
 # ------------------------------------------------------------------------------ the controller
@@ -328,7 +363,7 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
             monitors[m] = Monitor(
                 run=f"{task.name}-{opt}-{meth}-lr{lr:.0e}-s{s}", optimizer=proxies[m],
                 endpoint=endpoint, control="auto", scheduler=scheds.get(m), close_timeout=30,
-                **_no_stats(),
+                model=RunView(model, optim, m), rewind=True, **_no_stats(),
                 config={"task": task.name, "optimizer": opt, "method": meth, "lr0": lr,
                         "seed": s},
             )  # fmt: skip
@@ -382,6 +417,7 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
                 nan_step[m] = step
     wall = time.perf_counter() - t_start
     changes = {m: mon.changes for m, mon in mon_items}
+    rewinds = {m: mon.rewinds for m, mon in mon_items}
     t_close = time.perf_counter()
     for _, mon in mon_items:
         mon.close()
@@ -395,7 +431,8 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
         ch = changes.get(m, [])
         runs.append({
             "method": meth, "lr0": lr, "seed": s, "result": final[m], "final_lr": lr_now[m],
-            "nan_step": nan_step[m], "changes": len(ch),
+            "nan_step": nan_step[m], "changes": len(ch), "rewinds": rewinds.get(m, 0),
+            "steps_lost": sum(c.step - c.rewind_step for c in ch if c.rewind_step is not None),
             "increases": sum(c.lrs_after[0] > c.lrs_before[0] for c in ch),
             "triggers": [c.trigger for c in ch],
             "mean_cos": [round(c, 3) for c in cos_means[m]],
@@ -502,7 +539,10 @@ def per_start(runs: list[dict[str, Any]], method: str, lrs: list[float], classif
         mean = statistics.fmean(vals) if all(math.isfinite(v) for v in vals) else math.nan
         out.append({"lr0": lr, "result": mean, "nan": nan, "dead": sum(bad) - nan,
                     "changes": statistics.fmean(r["changes"] for r in rs),
-                    "increases": statistics.fmean(r["increases"] for r in rs)})  # fmt: skip
+                    "increases": statistics.fmean(r["increases"] for r in rs),
+                    "rewinds": statistics.fmean(r.get("rewinds", 0) for r in rs),
+                    "steps_lost": statistics.fmean(r.get("steps_lost", 0) for r in rs),
+                    })  # fmt: skip
     return out
 
 
@@ -516,7 +556,7 @@ def span(ok: list[bool]) -> float:
 
 
 def score(group: dict[str, Any], classify: bool, lrs: list[float], methods: tuple[str, ...],
-          dead_level: float) -> dict[str, Any]:  # fmt: skip
+          dead_level: float, steps: int) -> dict[str, Any]:  # fmt: skip
     runs = group["runs"]
     table = {m: per_start(runs, m, lrs, classify, dead_level) for m in methods}
     fixed = [r["result"] for r in table["fixed"]]
@@ -553,7 +593,9 @@ def score(group: dict[str, Any], classify: bool, lrs: list[float], methods: tupl
             "dead": sum(r["dead"] for r in table[meth]),
             "changes_per_run": statistics.fmean(r["changes"] for r in table[meth]),
             "increases_per_run": statistics.fmean(r["increases"] for r in table[meth]),
-            "rewinds_per_run": 0.0, "median": med, "median_vs_tuned_cosine": vs_cos,
+            "rewinds_per_run": statistics.fmean(r["rewinds"] for r in table[meth]),
+            "lost_share": statistics.fmean(r["steps_lost"] for r in table[meth]) / steps,
+            "median": med, "median_vs_tuned_cosine": vs_cos,
             "per_start": table[meth],
         }  # fmt: skip
     return {"best_fixed": best_fixed, "best_cosine": best_cos, "cells": cells, "lrs": lrs,
@@ -599,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                 lrs = [10 ** (FIRST_LR[opt] + 0.5 * i) for i in range(11)]
                 t0 = time.perf_counter()
                 group = run_group(task, opt, methods, lrs, args.steps, ctl.endpoint)
-                scored = score(group, task.classify, lrs, methods, dead_level)
+                scored = score(group, task.classify, lrs, methods, dead_level, args.steps)
                 ov = unbatched_overhead(task, opt, serve.endpoint, args.overhead_steps)
                 mon_us = group["monitor_s"] / max(group["monitor_calls"], 1) * 1e6
                 scored["timing"] = {
@@ -631,7 +673,8 @@ def rescore(path: Path) -> int:
         for r in runs:  # JSON has no NaN literal by default; json.dumps wrote NaN anyway
             r["result"] = float(r["result"])
         scored = score({"runs": runs}, task == "digits", lrs, methods,
-                       cell.get("dead_level", 0.2 if task == "digits" else 0.98))  # fmt: skip
+                       cell.get("dead_level", 0.2 if task == "digits" else 0.98),
+                       results["config"]["steps"])  # fmt: skip
         scored["timing"], scored["runs"] = cell["timing"], runs
         results["cells"][key] = scored
         print_cell(task, opt, scored, lrs)
@@ -666,7 +709,7 @@ def print_cell(task: str, opt: str, scored: dict[str, Any], lrs: list[float]) ->
 def print_summary(results: dict[str, Any]) -> None:
     print(
         "\ncell                 method       span  span1.25  worst/fixed  NaN dead "
-        "changes  incr  rewinds  median/cosine  monitor  A/B(mon)  A/B(all)"
+        "changes  incr  rewinds  lost  median/cosine  monitor  A/B(mon)  A/B(all)"
     )
     for key, scored in results["cells"].items():
         t = scored["timing"]
@@ -679,7 +722,8 @@ def print_summary(results: dict[str, Any]) -> None:
             print(f"{key:<20} {meth:<12} {c['span']:>4.1f}  {loose:>8}  "
                   f"{fmt(c['worst_vs_fixed'], '.3f'):>11}  {c['nan']:>3} {c['dead']:>4} "
                   f"{c['changes_per_run']:>7.1f} {c['increases_per_run']:>5.1f}  "
-                  f"{c['rewinds_per_run']:>7.1f}  {fmt(c['median_vs_tuned_cosine'], '.3f'):>13}"
+                  f"{c['rewinds_per_run']:>7.1f} {c.get('lost_share', 0.0):>5.1%}  "
+                  f"{fmt(c['median_vs_tuned_cosine'], '.3f'):>13}"
                   f"  {over:>8}")  # fmt: skip
 
 

@@ -102,10 +102,12 @@ class Monitor:
         close_timeout: seconds ``close()`` waits for the controller to acknowledge the tail.
         keys: a key directory from ``lrpilot keys`` (default ``$LRPILOT_KEYS``) when the
             controller requires CURVE authentication (it does whenever it is off loopback).
-        rewind: keep host snapshots of model and optimizer every ``rewind_every`` steps
-            (two at a time, within ``rewind_budget`` bytes); on a spike or divergence cut,
-            restore the older one, keep the LRs, apply the cut and go on with the next
-            batches. At most ``max_rewinds`` per run. Needs ``model`` and ``optimizer``.
+        rewind: keep host snapshots of model and optimizer at the start and every
+            ``rewind_every`` steps (two at a time, within ``rewind_budget`` bytes); on a spike
+            or divergence cut restore one (a spike: the newest taken two flushes or more
+            before; a divergence, detected later: the older one), keep the LRs, apply the
+            cut and go on with the next batches. At most ``max_rewinds`` per run. Needs
+            ``model`` and ``optimizer``.
         on_rewind: instead of lrpilot's snapshots, called on the training thread with the
             :class:`LrChange` of a spike or divergence cut, before the cut is applied, to
             restore from your own checkpoint (large models).
@@ -198,6 +200,9 @@ class Monitor:
                                           max_rewinds)  # fmt: skip
             except ValueError as exc:
                 raise MonitorConfigError(str(exc)) from None
+            # The state before the first step is the first snapshot: a start at a far too high
+            # LR blows up within tens of steps, before any periodic snapshot exists.
+            self._rewinder.maybe_snapshot(0)
         self._groups = optimizer.param_groups if optimizer is not None else []
         self._lr_names = tuple("lr" if i == 0 else f"lr/{i}" for i in range(len(self._groups)))
         self._last_lrs: tuple[Any, ...] = ()
@@ -359,6 +364,8 @@ class Monitor:
             return None
         if self._rewinder is None:
             return None
+        if cmd.trigger == "spike":  # detected within a flush or two of the jump
+            return self._rewinder.restore(step, margin=2 * self.flush_every)
         return self._rewinder.restore()
 
     @property

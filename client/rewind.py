@@ -1,7 +1,8 @@
 """Rolling snapshots of model and optimizer state, to rewind a run that blew up.
 
 With ``Monitor(rewind=True)`` the client copies the model's and the optimizer's state to host
-memory every ``every`` steps and keeps the last two copies. When the controller cuts the LR
+memory when it starts (step 0: a far too high starting LR blows up within tens of steps) and
+every ``every`` steps, and keeps the last two copies. When the controller cuts the LR
 because of a spike or a divergence, the client restores the *older* copy (the newer one may
 already hold the damage: detection lags the blow-up by up to a few hundred steps), keeps
 the LRs it had, applies the cut, and carries on with the next batches, so the bad batches
@@ -110,12 +111,22 @@ class Rewinder:
             return
         self.snapshots = [*self.snapshots[-1:], snap]
 
-    def restore(self) -> int | None:
-        """Restore the older snapshot (the newest if there is one only); return its step, or
-        None if there is nothing to restore or the rewind budget is spent."""
+    def restore(self, step: int | None = None, margin: int = 0) -> int | None:
+        """Restore a snapshot; return its step, or None if there is nothing to restore or the
+        rewind budget is spent.
+
+        By default the older snapshot (the newest if there is one only): a divergence is
+        detected long after it began. With ``step`` (now) and ``margin``, the newest snapshot
+        taken at least ``margin`` steps before ``step`` is restored instead, falling back to
+        the older one: a spike is detected within a flush or two, so a snapshot older than
+        that predates it and restoring it loses fewer steps.
+        """
         if not self.snapshots or self.rewinds >= self.max_rewinds:
             return None
         snap = self.snapshots[0]
+        if step is not None:
+            snap = max((s for s in self.snapshots if s.step <= step - margin),
+                       key=lambda s: s.step, default=snap)  # fmt: skip
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.model.load_state_dict(snap.model)
         self.optimizer.load_state_dict(snap.optimizer)

@@ -48,16 +48,53 @@ def _vetoable(hit: Detection) -> bool:
     return hit.kind == "plateau" or (hit.kind == "divergence" and hit.data.get("cause") == "stuck")
 
 
+class _EarlyStuck(DivergenceDetector):
+    """The stuck test against the loss's very first point after ``rules.early_stuck`` points.
+
+    It speaks only when the cosine has a say (``_VETO_POINTS`` points in the alignment
+    detector's window) and does not read "steps too small": a loss no better than where it
+    started is a dead net *or* a slow start, and only the cosine tells them apart. A run that
+    sends no cosine keeps the divergence detector's own, later stuck test.
+    """
+
+    def __init__(self, config: DivergenceConfig, alignment: AlignmentDetector) -> None:
+        super().__init__(config)
+        self._alignment = alignment
+
+    def watch(self, alignment: AlignmentDetector) -> None:
+        """Read this alignment detector from now on (the one a reloaded policy kept)."""
+        self._alignment = alignment
+
+    def _update(self, step: int, value: float) -> Detection | None:
+        hit = super()._update(step, value)
+        if hit is None:
+            return None
+        align = self._alignment
+        mean, n = align.window_mean()
+        last = align.last_step
+        if n < _VETO_POINTS or mean > align.config.threshold or last is None or last < step - n:
+            return None  # no say, "too small", or not fed (a reload replaced it)
+        why = f"; mean {self._alignment.config.series} {mean:+.2f} over {n} points: not slow"
+        return replace(hit, reason=hit.reason + why, data={**hit.data, "early": True})
+
+
 def _build_detectors(policy: RunPolicy) -> dict[str, Detector]:
     grad = DivergenceConfig(series="grad_norm", stuck_after=0, rise=math.inf)
-    return {
+    alignment = AlignmentDetector(policy.alignment)
+    detectors: dict[str, Detector] = {
         "plateau": PlateauDetector(policy.plateau),
         "oscillation": OscillationDetector(policy.oscillation),
         "spike": SpikeDetector(policy.spike),
         "divergence": DivergenceDetector(policy.divergence),
         "grad_divergence": DivergenceDetector(grad),
-        "alignment": AlignmentDetector(policy.alignment),
+        "alignment": alignment,
     }
+    n = policy.rules.early_stuck
+    if n:
+        early = replace(policy.divergence, window=n, blocks=min(10, n), stuck_after=n,
+                        initial_points=1, rise=math.inf, nonfinite=False)  # fmt: skip
+        detectors["early_divergence"] = _EarlyStuck(early, alignment)
+    return detectors
 
 
 class RunController:
@@ -179,8 +216,13 @@ class RunController:
         """
         fresh = _build_detectors(policy)
         for name, det in fresh.items():
-            if det.config != self._detectors[name].config:
-                self._detectors[name] = det
+            old = self._detectors.get(name)
+            if old is not None and old.config == det.config:
+                fresh[name] = old
+        self._detectors = fresh  # a detector the new policy turned off is gone with it
+        early = fresh.get("early_divergence")
+        if isinstance(early, _EarlyStuck):  # it must read the alignment detector being fed
+            early.watch(fresh["alignment"])  # type: ignore[arg-type]
         self._rules.set_config(policy.rules)
         self._policy = policy
         self._route()

@@ -9,7 +9,10 @@ The rules, in the order they are applied to a detection:
 1. ``off`` mode only watches; a paused run (a person set the LR) gets no automatic command.
 2. Cooldown: ``cooldown`` steps after any change no new change is made, except that a spike or
    a divergence may still cut after a plateau, oscillation or increase change, and that one
-   increase may follow another as soon as the earlier one has passed its probation.
+   increase may follow another as soon as the earlier one has passed its probation. A hard
+   cut holds the next one back only until it has taken effect (its ack): a divergence seen
+   at or after the step it was applied at is new evidence (the run blew up again at the lower
+   LR, e.g. after a rewind) and cuts again; a spike waits out the cooldown as before.
 3. Cap: at most ``max_changes`` reductions within any ``change_window`` steps (a hard cut is
    exempt: only another hard cut within ``cooldown`` holds it back; increases have their own
    cap, ``max_increases``, and do not count).
@@ -112,6 +115,12 @@ class PolicyConfig:
             level before by more than this fraction.
         follow_gain: a plateau or oscillation cut after which the loss level fell by at least
             this fraction is repeated (``follow``); 1 turns follow-through off.
+        early_stuck: after this many loss points (and again every as many), a loss no better
+            than its very first point (the untrained net's) is a dead net, as a far too high
+            LR leaves it, and gets a hard cut (kind ``divergence``, which rewinds), but only
+            while the cosine has at least 20 points and does not say the steps are too small
+            (a slow start at a tiny LR is no better than its first point either); 0 turns
+            it off. The divergence detector's own stuck test waits ``stuck_after`` (1,000).
     """
 
     mode: str | None = None
@@ -129,6 +138,7 @@ class PolicyConfig:
     probation: int = 100
     probation_tolerance: float = 0.02
     follow_gain: float = 0.05
+    early_stuck: int = 100
 
     def __post_init__(self) -> None:
         if self.mode is not None:
@@ -153,6 +163,8 @@ class PolicyConfig:
         check_int("policy.probation", self.probation, low=10)
         check_real("policy.probation_tolerance", self.probation_tolerance, low=0.0)
         check_real("policy.follow_gain", self.follow_gain, low=0.0, high=1.0, low_open=True)
+        if self.early_stuck != 0:
+            check_int("policy.early_stuck", self.early_stuck, low=20)
 
 
 @dataclass(frozen=True)
@@ -213,13 +225,15 @@ class Policy:
         self._hold_increase_until = -math.inf  # no increase before this step (after a cut)
         self._increase_unacked = False  # an increase was sent and its ack not seen yet
         self._last_emergency = -math.inf  # step of the last hard cut
+        self._emergency_unacked = False  # a hard cut was sent and its ack not seen yet
+        self._emergency_applied = -math.inf  # the step the last hard cut took effect at
         self._changes: deque[int] = deque()  # steps of recent changes (for the cap)
         self._increases = 0
         self._increase_blocked = ""  # why no more increases, once one failed
         self._probation: dict[str, Any] | None = None  # the increase being judged
         self._cut_trial: dict[str, Any] | None = None  # the reduction being judged
         self._deferred: Detection | None = None  # lr_too_small seen during a probation
-        self._losses: deque[float] = deque(maxlen=self.config.probation)
+        self._losses: deque[float] = deque(maxlen=2 * self.config.probation)
         self._step = 0
         self._lr: float | None = None  # the LR at the last decision
 
@@ -231,8 +245,8 @@ class Policy:
     def set_config(self, config: PolicyConfig) -> None:
         """Swap the rules (a reloaded policy file); counters and the pending advice stay."""
         self.config = config
-        if self._losses.maxlen != config.probation:
-            self._losses = deque(self._losses, maxlen=config.probation)
+        if self._losses.maxlen != 2 * config.probation:
+            self._losses = deque(self._losses, maxlen=2 * config.probation)
 
     # -- what happens to the run
 
@@ -251,6 +265,9 @@ class Policy:
         other than the policy's own increase also holds increases back for ``cooldown``.
         """
         self._quiet_until = max(self._quiet_until, step + self.config.cooldown)
+        if self._emergency_unacked:
+            self._emergency_unacked = False
+            self._emergency_applied = step
         if self._increase_unacked:
             self._increase_unacked = False  # the ack of our increase: probation times it
         else:
@@ -275,7 +292,7 @@ class Policy:
         trial = self._probation
         if trial is None or step < trial["step"] + self.config.probation:
             return None
-        after = median(self._losses)
+        after = self._level()
         if after <= trial["before"] * (1.0 + self.config.probation_tolerance):
             self._probation = None  # the increase did no harm: it stays
             deferred, self._deferred = self._deferred, None
@@ -296,24 +313,30 @@ class Policy:
         if cut is None or step < cut["step"] + c.probation:
             return None
         self._cut_trial = None
-        after = median(self._losses)
-        before = cut["before"]
-        if c.follow_gain >= 1.0 or not before > 0 or after > before * (1.0 - c.follow_gain):
+        after = self._level()
+        before, trend = cut["before"], cut["trend"]
+        # The level the loss would have reached anyway: a run still learning falls after any
+        # cut, so only a fall beyond its own pace (the last two windows) credits the cut.
+        if trend is None or c.follow_gain >= 1.0 or not before > 0:
+            return None
+        expected = before * min(1.0, trend)
+        if after > expected * (1.0 - c.follow_gain):
             return None
         lr = cut["lr_after"]
         if lr is not None and lr <= c.min_lr * (1.0 + 1e-9):
             return None
         gain = 1.0 - after / before
         reason = (
-            f"follow: loss level {before:.4g} -> {after:.4g} (-{gain:.0%}) in the "
-            f"{c.probation} steps after the cut at step {cut['step']}: the LR was too high, "
-            "cutting again"
+            f"follow: loss level {before:.4g} -> {after:.4g} (-{gain:.0%}, its own pace gave "
+            f"{expected:.4g}) in the {c.probation} steps after the cut at step {cut['step']}: "
+            "the LR was too high, cutting again"
         )
         factor = cut["factor"]
         command: tuple[str, float] = ("scale", factor)
         if lr is not None and lr * factor < c.min_lr:
             command = ("set", c.min_lr)
-        data = {"before": before, "after": after, "gain": gain, "cut_step": cut["step"]}
+        data = {"before": before, "after": after, "gain": gain, "expected": expected,
+                "trend": trend, "cut_step": cut["step"]}  # fmt: skip
         return self._finish(step, "follow", reason, command, "", data)
 
     # -- detections
@@ -370,9 +393,10 @@ class Policy:
             return None, f"no rule for {kind!r}"
         if kind in EMERGENCIES:
             # A hard cut is held back neither by an ordinary change nor by the cap, only by
-            # another hard cut within the cooldown.
-            if step < self._last_emergency + c.cooldown:
-                return None, f"cooldown: hard cut at step {self._last_emergency}"
+            # another hard cut: until that one has taken effect, and for evidence from before.
+            why = self._emergency_hold(kind, step)
+            if why:
+                return None, why
         elif step < self._quiet_until:
             return None, f"cooldown until step {self._quiet_until}"
         elif why := self._capped(step):
@@ -407,6 +431,19 @@ class Policy:
         if lr * c.increase_factor > c.max_lr:
             return ("set", c.max_lr), ""
         return ("scale", c.increase_factor), ""
+
+    def _emergency_hold(self, kind: str, step: int) -> str:
+        c = self.config
+        last = self._last_emergency
+        if step >= last + c.cooldown:
+            return ""
+        if self._emergency_unacked:
+            return f"cooldown: hard cut at step {last} not applied yet"
+        if step < self._emergency_applied:
+            return f"cooldown: hard cut at step {last} applied at {self._emergency_applied}"
+        if kind == "spike":  # the restored or cut run may jump once: not a new emergency
+            return f"cooldown: hard cut at step {last}"
+        return ""
 
     def _capped(self, step: int) -> str:
         c = self.config
@@ -447,7 +484,8 @@ class Policy:
             self._hold_increase_until = max(self._hold_increase_until, step + c.cooldown)
         if decision.kind in EMERGENCIES:
             self._last_emergency = step
-        before = median(self._losses) if self._losses else math.inf
+            self._emergency_unacked = True
+        before = self._level()
         if decision.kind == "lr_too_small" and decision.command is not None:
             self._increases += 1
             self._increase_unacked = True
@@ -458,10 +496,24 @@ class Policy:
             lr = self._lr
             factor = value if action == "scale" else (value / lr if lr else 0.5)
             if 0.0 < factor < 1.0:
+                prev = self._level(previous=True)
+                trend = (before / prev if math.isfinite(prev) and prev > 0
+                         and math.isfinite(before) else None)  # fmt: skip
+                if decision.kind == "follow":  # the pace from before the first cut of the chain
+                    trend = decision.data.get("trend", trend)
                 self._cut_trial = {
-                    "step": step, "factor": factor, "before": before,
+                    "step": step, "factor": factor, "before": before, "trend": trend,
                     "lr_after": lr * factor if lr is not None else None,
                 }  # fmt: skip
+
+    def _level(self, previous: bool = False) -> float:
+        """Median of the last ``probation`` losses (inf if none), or of the ``probation``
+        before those (``previous``; nan until there are that many)."""
+        n = self.config.probation
+        losses = list(self._losses)
+        if previous:
+            return median(losses[-2 * n : -n]) if len(losses) >= 2 * n else math.nan
+        return median(losses[-n:]) if losses else math.inf
 
     def _undo(self, step: int, reason: str, data: dict[str, Any], kind: str = "undo") -> Decision:
         """Go back to the LR before the increase; bypasses cooldown and cap (a known-good LR)."""

@@ -132,7 +132,10 @@ def test_a_plateau_is_not_cut_while_the_steps_are_too_small() -> None:
                         RunPolicy(rules=PolicyConfig(increase_factor=1.0)))  # fmt: skip
     plateaus = [(c, k) for _, k, c in vetoed if k == "plateau"]
     assert plateaus and all(c is None for c, _ in plateaus) and lr == 1e-4, vetoed
-    cut, lr = replay(1200, 1e-4, flat, lambda s, lr: 0.0, RunPolicy())
+    # Without the cosine's evidence the same plateau is cut (the loss left its initial level
+    # first: a loss that never did, with steps that are not too small, is a dead net).
+    fell = lambda s, lr: 2.0 if s == 0 else 1.0  # noqa: E731
+    cut, lr = replay(1200, 1e-4, fell, lambda s, lr: 0.0, RunPolicy())
     assert [(k, c) for _, k, c in cut if c][:1] == [("plateau", ("scale", 0.5))], cut
 
 
@@ -180,3 +183,63 @@ def test_follow_through(name, excess, lr0, expected_kinds, final_lr) -> None:  #
     decisions, lr = replay(1500, lr0, loss, None, policy)
     assert kinds(decisions) == expected_kinds, f"{name}: {decisions}"
     assert math.isclose(lr, final_lr), f"{name}: LR {lr}"
+
+
+def dead_above(lr_ok: float) -> Series:
+    """A net killed by a far too high LR: its loss sits at (or above) its very first point."""
+    return lambda s, lr: 1.0 if s == 0 or lr < lr_ok else 2.3
+
+
+@pytest.mark.parametrize(
+    ("name", "cos", "expected"),
+    [
+        # The cosine says "not too small": dead, a hard cut at ~100 points, again at ~200.
+        ("dead", lambda s, lr: -0.05, [("divergence", ("scale", 0.1))] * 2),
+        # The same loss with the cosine saying "too small" is a slow start: no cut.
+        ("slow", lambda s, lr: 0.5, []),
+        # No cosine at all: nothing tells dead from slow, so the early test stays silent.
+        ("no cosine", None, []),
+    ],
+)  # fmt: skip
+def test_a_dead_net_is_cut_early_only_with_the_cosine_saying_not_slow(name, cos, expected) -> None:  # type: ignore[no-untyped-def]
+    policy = RunPolicy(rules=PolicyConfig(increase_factor=1.0))
+    decisions, _ = replay(260, 10.0, dead_above(0.5), cos, policy)
+    got = [(k, c) for _, k, c in decisions if k == "divergence" and c is not None]
+    assert got == expected, f"{name}: {decisions}"
+    if expected:
+        first = next(s for s, k, c in decisions if k == "divergence")
+        assert first < 120, f"{name}: first cut at step {first}, expected within ~100 points"
+
+
+def test_a_cut_is_not_credited_with_the_fall_of_a_run_still_learning() -> None:
+    # The loss falls ~15% per 100 steps whatever the LR: a cut (the cosine reads overshoot for
+    # a while) is followed by the same fall the run had anyway, which is no reason to cut
+    # again (crediting the cut with it, follow-through used to halve on and on).
+    def loss(s: int, lr: float) -> float:
+        return 0.2 + 0.8 ** (s / 100)
+
+    def cos(s: int, lr: float) -> float:
+        return -0.5 if 300 <= s < 400 else 0.0
+
+    policy = RunPolicy(rules=PolicyConfig(cooldown=1000, early_stuck=0),
+                       divergence=DivergenceConfig(stuck_after=0))  # fmt: skip
+    decisions, _ = replay(900, 0.1, loss, cos, policy)
+    assert kinds(decisions)[:1] == ["oscillation"], decisions
+    assert "follow" not in kinds(decisions), decisions
+
+
+def test_a_reloaded_policy_keeps_the_early_check_reading_the_fed_cosine() -> None:
+    # The early dead-net check reads the alignment detector; a reload that rebuilds the check
+    # (early_stuck changed) but keeps the alignment detector must point it at the kept one,
+    # which holds the cosines seen so far. Turning the check off and on must not fail either.
+    ctl = RunController("auto", policy=RunPolicy(rules=PolicyConfig(increase_factor=1.0)))
+    steps = [*range(60), *range(60), 0]
+    ctl.observe(steps, ["loss", "cos_grad_update", "lr"], [0] * 60 + [1] * 60 + [2],
+                [1.0] + [2.3] * 59 + [-0.05] * 60 + [10.0])  # fmt: skip
+    ctl.set_policy(RunPolicy(rules=PolicyConfig(increase_factor=1.0, early_stuck=50)))
+    later = [*range(60, 120), *range(60, 120)]
+    found = ctl.observe(later, ["loss", "cos_grad_update"], [0] * 60 + [1] * 60,
+                        [2.3] * 60 + [-0.05] * 60)  # fmt: skip
+    assert any(d.kind == "divergence" and d.data.get("early") for d in found), found
+    ctl.set_policy(RunPolicy(rules=PolicyConfig(increase_factor=1.0, early_stuck=0)))
+    ctl.set_policy(RunPolicy(rules=PolicyConfig(increase_factor=1.0, early_stuck=100)))

@@ -168,3 +168,21 @@ def test_policy_config_checks_and_run_policy_types() -> None:
         PolicyConfig(increase_factor=0.5)
     with pytest.raises(ValueError, match=r"RunPolicy\.plateau must be a PlateauConfig"):
         RunPolicy(plateau=PolicyConfig())  # type: ignore[arg-type]
+
+
+def test_a_divergence_after_the_hard_cut_took_effect_cuts_again() -> None:
+    # Start at a far too high LR: NaN, cut (and rewind); NaN again at the lower LR, cut again.
+    p = auto(cooldown=200)
+    table = [
+        (20, "divergence", None, ("scale", 0.1)),
+        (30, "divergence", None, None),  # the first cut is not applied yet
+        (40, "spike", 22, None),  # applied at 22 (ack); a spike within cooldown waits
+        (21, "divergence", None, None),  # evidence from before step 22
+        (45, "divergence", None, ("scale", 0.1)),  # blew up again at the lower LR
+        (46, "divergence", 47, None),  # the second one applied at 47: 46 is old evidence
+    ]
+    for i, (step, kind, applied, expected) in enumerate(table):
+        if applied is not None:
+            p.changed(applied)
+        got = p.decide(det(step, kind), 1.0).command
+        assert got == expected, f"wrong at row {i}: expected {expected}, got {got}"

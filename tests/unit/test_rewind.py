@@ -123,3 +123,48 @@ def test_rewind_needs_a_model() -> None:
     _, opt = make()
     with pytest.raises(Exception, match="rewind=True needs model"):
         Monitor(run="x", optimizer=opt, rewind=True, transport=MemoryTransport())
+
+
+def test_the_state_before_the_first_step_is_the_first_snapshot() -> None:
+    # A start at a far too high LR blows up within tens of steps, before step `rewind_every`.
+    model, opt = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = MemoryTransport()
+    mon = Monitor(run="rw0", optimizer=opt, model=model, rewind=True, rewind_every=100,
+                  transport=t)  # fmt: skip
+    for _ in range(5):
+        train(model, opt, 1)
+        mon.step(loss=1.0)
+    cut(mon, t, "divergence")
+    mon.step(loss=float("nan"))
+    assert t.acks[-1].rewind_step == 0 and mon.rewinds == 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert opt.state == {} or all(not s for s in opt.state.values()), "Adam's state is empty again"
+
+
+@pytest.mark.parametrize(
+    ("now", "margin", "expected"),
+    [(None, 0, 10), (35, 10, 20), (25, 10, 10), (45, 40, 10)],
+)  # fmt: skip
+def test_restore_takes_the_newest_snapshot_old_enough_else_the_older(now, margin, expected) -> None:  # type: ignore[no-untyped-def]
+    model, opt = make()
+    rw = Rewinder(model, opt, every=10)
+    for step in (10, 20):
+        train(model, opt, 10)
+        rw.maybe_snapshot(step)
+    assert rw.restore(now, margin) == expected, f"now {now}, margin {margin}"
+    assert [s.step for s in rw.snapshots] == [expected]
+
+
+def test_monitor_restores_the_newer_snapshot_on_a_spike() -> None:
+    model, opt = make()
+    t = MemoryTransport()
+    mon = Monitor(run="rws", optimizer=opt, model=model, rewind=True, rewind_every=50,
+                  flush_every=10, transport=t)  # fmt: skip
+    for _ in range(130):
+        train(model, opt, 1)
+        mon.step(loss=1.0)
+    cut(mon, t, "spike")  # snapshots at 50 and 100; 100 is two flushes (20 steps) before 130
+    mon.step(loss=5.0)
+    assert t.acks[-1].rewind_step == 100
