@@ -1,20 +1,31 @@
 """Divergence: the run is breaking, with or without a NaN.
 
-Three signs, each reported once per episode:
+Points are cut into blocks of ``window // blocks`` points; a block's level is its
+interquartile mean. Five signs, each reported once per episode:
 
 * **non-finite**: a NaN or infinite value fires at once; the next one fires again only after
   a finite value came in between.
-* **sustained rise**: the least-squares line through the block medians of the last ``window``
-  points rises significantly (one-sided t-test, p < ``alpha``) and by at least ``rise`` of its
-  starting level, at every test for ``patience`` points in a row. A spike that recovers
-  within ``patience`` points is the spike detector's business, not this one's.
+* **fast rise**: the least-squares line through the levels of the last ``patience`` points
+  and the block before them rises significantly (one-sided t-test, p < ``alpha``) and by at
+  least ``rise`` of its starting level. A line, not a step: a jump that then stays flat or
+  recovers (a spike, a dead net) fits a line badly and is left to the tests below, while a
+  blow-up that keeps growing is called about ``patience`` points after it starts.
+* **sustained rise**: the same test on the whole ``window`` holds at every test for
+  ``patience`` points in a row (a slower rise). A spike that recovers within ``patience``
+  points is the spike detector's business, not this one's.
+* **died**: the series had clearly learnt (its best level, the lowest median of three
+  consecutive block levels, is at least ``improved`` below its initial level) and every
+  level over the last ``patience`` points and the block before them is back within a
+  quarter of the way from its best to its initial level (a net that died without a NaN:
+  back at chance, or thrown above it, and staying there). A spike that recovers within
+  ``patience`` points never holds that long.
 * **stuck**: after ``stuck_after`` points the series is still no better than its initial
-  level by more than ``stuck_tolerance`` (the level is the median of its first
+  level by more than ``stuck_tolerance`` (plus 1.645 standard errors of that level when it
+  is estimated, a one-sided 5% margin; the level is the median of its first
   ``initial_points`` points, or ``reference`` when given, e.g. ``math.log(10)`` for ten
-  classes) and not improving significantly: a net that died without a NaN, as a far too high
-  LR leaves it, outputting the same prediction forever, or one thrown *above* its initial
-  loss and kept there. It fires again after another ``stuck_after`` points if the run is
-  still stuck (the cut did not help: cut again).
+  classes) and not improving significantly: a net that never learnt, as a far too high LR
+  leaves it from the start. It fires again after another ``stuck_after`` points if the run
+  is still stuck (the cut did not help: cut again).
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ class DivergenceConfig:
             0 turns the stuck test off.
         stuck_tolerance: relative improvement on the initial level that still counts as stuck.
         initial_points: points whose median is the initial level.
+        improved: the died test's "clearly learnt": the best level must have been this
+            fraction (of the initial level's size) below the initial level.
         reference: the known level of a dead net (e.g. ``math.log(n_classes)``); None uses
             the initial level.
         nonfinite: whether NaN / inf fire.
@@ -59,13 +72,14 @@ class DivergenceConfig:
     """
 
     window: int = 200
-    blocks: int = 10
+    blocks: int = 20
     patience: int = 50
     rise: float = 0.2
     alpha: float = 1e-4
     stuck_after: int = 1000
     stuck_tolerance: float = 0.02
     initial_points: int = 20
+    improved: float = 0.1
     reference: float | None = None
     nonfinite: bool = True
     series: str = "loss"
@@ -79,6 +93,7 @@ class DivergenceConfig:
         check_int("divergence.stuck_after", self.stuck_after, low=0)
         check_real("divergence.stuck_tolerance", self.stuck_tolerance, low=0.0)
         check_int("divergence.initial_points", self.initial_points, low=1, high=10_000)
+        check_real("divergence.improved", self.improved, low=0.0, high=1.0, low_open=True)
         if self.reference is not None:
             check_real("divergence.reference", self.reference)
             if not math.isfinite(self.reference):
@@ -89,7 +104,7 @@ class DivergenceConfig:
 
 
 class DivergenceDetector(Detector):
-    """Non-finite values, a sustained rise, or a series stuck at its initial level."""
+    """Non-finite values, a rise, or a series back at (or never below) its initial level."""
 
     name = "divergence"
     config: DivergenceConfig
@@ -102,6 +117,9 @@ class DivergenceDetector(Detector):
         self._blocks = BlockLevels(max(1, c.window // c.blocks), c.blocks)
         self._first: list[float] = []
         self._initial: float | None = c.reference
+        self._initial_se = 0.0  # standard error of an estimated initial level
+        self._best = math.inf  # the lowest median of three block levels since the reset
+        self._died_fired = False
         self._rising = 0  # points over which the rise test has held
         self._nan_fired = False
         self._stuck_fired = False
@@ -112,6 +130,9 @@ class DivergenceDetector(Detector):
             "blocks": self._blocks.get_state(),
             "first": list(self._first),
             "initial": self._initial,
+            "initial_se": self._initial_se,
+            "best": self._best,
+            "died_fired": self._died_fired,
             "rising": self._rising,
             "nan_fired": self._nan_fired,
             "stuck_fired": self._stuck_fired,
@@ -122,6 +143,9 @@ class DivergenceDetector(Detector):
         self._blocks.set_state(state["blocks"])
         self._first = list(state["first"])
         self._initial = state["initial"]
+        self._initial_se = state.get("initial_se", 0.0)
+        self._best = state.get("best", math.inf)
+        self._died_fired = state.get("died_fired", False)
         self._rising = state["rising"]
         self._nan_fired = state["nan_fired"]
         self._stuck_fired = state["stuck_fired"]
@@ -144,35 +168,101 @@ class DivergenceDetector(Detector):
         if self._initial is None:
             self._first.append(value)
             if len(self._first) == c.initial_points:
-                self._initial = median(self._first)
+                self._set_initial(self._first)
                 self._first = []
         blocks = self._blocks
-        if not blocks.add(step, value) or not blocks.full:
+        if not blocks.add(step, value):
             return None
+        if len(blocks.ys) >= 3:  # a median of three levels: the minimum of noisy levels is low
+            self._best = min(self._best, median(blocks.ys[-3:]))
+        detection = self._fast_rise_test(step) or self._died_test(step)
+        if detection is not None or not blocks.full:
+            return detection
         fit = linear_trend(blocks.xs, blocks.ys)
         span = blocks.xs[-1] - blocks.xs[0]
         start, end = fit.at(blocks.xs[0]), fit.at(blocks.xs[-1])
-        se = fit.se * span
-        change = end - start
-        if se > 0.0:
-            t = change / se
-            p_rise = t_sf(t, fit.n - 2)
-            p_fall = 1.0 - p_rise
-        else:  # the medians lie exactly on a line: the sign of the change says it all
-            t = math.copysign(math.inf, change) if change else 0.0
-            p_rise = 0.0 if change > 0 else 1.0
-            p_fall = 0.0 if change < 0 else 1.0
+        p_rise, t = _rise_p(fit.se * span, end - start, fit.n)
         detection = self._rise_test(step, start, end, span, t, p_rise)
         if detection is None:
-            detection = self._stuck_test(step, p_fall)
+            detection = self._stuck_test(step, 1.0 - p_rise)
         return detection
+
+    def _set_initial(self, first: list[float]) -> None:
+        self._initial = median(first)
+        n = len(first)
+        if n > 1:  # standard error of a median: 1.2533 sigma / sqrt(n), sigma from the MAD
+            mad = median([abs(v - self._initial) for v in first])
+            self._initial_se = 1.2533 * 1.4826 * mad / math.sqrt(n)
+
+    def _recent(self) -> tuple[list[float], list[float]] | None:
+        """(steps, levels) of the blocks covering the last ``patience`` points and one more."""
+        c = self.config
+        blocks = self._blocks
+        m = min(c.blocks, max(4, -(-c.patience // blocks.size) + 1))
+        if len(blocks.ys) < m:
+            return None
+        return blocks.xs[-m:], blocks.ys[-m:]
+
+    def _fast_rise_test(self, step: int) -> Detection | None:
+        c = self.config
+        recent = self._recent()
+        if recent is None:
+            return None
+        xs, ys = recent
+        fit = linear_trend(xs, ys)
+        span = xs[-1] - xs[0]
+        start, end = fit.at(xs[0]), fit.at(xs[-1])
+        p, t = _rise_p(fit.se * span, end - start, fit.n)
+        rel = _relative(start, end)
+        if p >= c.alpha or rel < c.rise:
+            return None
+        self._rising = 0
+        self._blocks.clear()
+        return Detection(
+            step,
+            "divergence",
+            f"divergence: {c.series} rising {start:.4g} -> {end:.4g} (+{rel:.0%}) over the "
+            f"last {span:g} steps along a line (p={p:.1g})",
+            {"cause": "rise", "start": start, "end": end, "rise": rel, "p": p, "t": t},
+        )
+
+    def _died_test(self, step: int) -> Detection | None:
+        c = self.config
+        init = self._initial
+        if c.stuck_after == 0 or init is None:
+            return None
+        gap = init - self._best
+        if self._died_fired:
+            if self._blocks.ys[-1] < self._best + 0.5 * gap:  # learning again: re-arm
+                self._died_fired = False
+            return None
+        recent = self._recent()
+        if recent is None or gap < c.improved * abs(init):
+            return None
+        back = init - 0.25 * gap
+        low = min(recent[1])
+        if low < back:
+            return None
+        self._died_fired = True
+        self._stuck_fired = True  # the stuck test waits another stuck_after points
+        self._stuck_at = self.points
+        self._rising = 0
+        self._blocks.clear()  # the jump must not also pass for a sustained rise
+        span = recent[0][-1] - recent[0][0]
+        what = "reference" if c.reference is not None else "initial level"
+        return Detection(
+            step,
+            "divergence",
+            f"divergence: {c.series} back at {low:.4g} or above for {span:g} steps, near its "
+            f"{what} {init:.4g} after it had reached {self._best:.4g}: the net may have died",
+            {"cause": "died", "level": low, "initial": init, "best": self._best},
+        )
 
     def _rise_test(
         self, step: int, start: float, end: float, span: float, t: float, p: float
     ) -> Detection | None:
         c = self.config
-        grew = math.inf if end > start else 0.0
-        rel = (end - start) / abs(start) if start else grew
+        rel = _relative(start, end)
         if p < c.alpha and rel >= c.rise:
             self._rising += self._blocks.size
         else:
@@ -198,9 +288,12 @@ class DivergenceDetector(Detector):
             return None
         if self.points < c.stuck_after + (self._stuck_at if self._stuck_fired else 0):
             return None
-        # "not improving": the fall is not significant at 5%.
+        # "not improving": the fall is not significant at 5%; "no better than the initial
+        # level": not better by more than the tolerance at the one-sided 5% level of an
+        # estimated initial level's own noise (1.645 standard errors).
         window_level = median(self._blocks.ys)
-        if init - window_level > c.stuck_tolerance * abs(init) or p_fall < 0.05:
+        tolerance = c.stuck_tolerance * abs(init) + 1.645 * self._initial_se
+        if init - window_level > tolerance or p_fall < 0.05:
             return None
         self._stuck_fired = True
         self._stuck_at = self.points
@@ -208,8 +301,25 @@ class DivergenceDetector(Detector):
         return Detection(
             step,
             "divergence",
-            f"divergence: {c.series} stuck at {window_level:.4g}, no better than "
-            f"{1 - c.stuck_tolerance:.0%} of its {what} {init:.4g} after {self.points} points "
+            f"divergence: {c.series} stuck at {window_level:.4g}, within {tolerance:.2g} of "
+            f"its {what} {init:.4g} after {self.points} points "
             f"and not falling (p={p_fall:.2f}): the net may have died",
             {"cause": "stuck", "level": window_level, "initial": init, "p_fall": p_fall},
         )
+
+
+def _rise_p(se_change: float, change: float, n: int) -> tuple[float, float]:
+    """(one-sided p of a rise, t) for a fitted change with standard error ``se_change``."""
+    if se_change > 0.0:
+        t = change / se_change
+        return t_sf(t, n - 2), t
+    # the levels lie exactly on a line: the sign of the change says it all
+    t = math.copysign(math.inf, change) if change else 0.0
+    return (0.0 if change > 0 else 1.0), t
+
+
+def _relative(start: float, end: float) -> float:
+    """(end - start) / |start|, +inf for a rise from exactly 0."""
+    if start:
+        return (end - start) / abs(start)
+    return math.inf if end > start else 0.0
