@@ -6,7 +6,7 @@ numbers that are not numbers, durations that overflow, endpoints that are not en
 database files that are missing, corrupt or directories. Every one must end with exit code
 0, 1 or 2 and, when it fails, a message of one line (argparse's usage line aside), never a
 traceback. The CLI runs in-process (``cli.main``) for speed; a few cases also go through the
-real ``lrpilot`` subprocess. ``LRPILOT_SOAK=1`` multiplies the examples by 20.
+real ``lrpilot`` subprocess. ``LRPILOT_SOAK=1`` multiplies the examples by 10.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from lrpilot.monitor import cli
 from support import ThreadedController, lrpilot
 
-EXAMPLES = 4000 if SOAK else 150
+EXAMPLES = 1500 if SOAK else 150
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
