@@ -13,7 +13,12 @@ One process, one run, side by side (issue 6):
    Variants run in interleaved blocks; the cost is reported two ways: measured directly
    (time inside ``Monitor.step``, ``after_step``, ``drain`` and the optimizer pre-hook) and
    end to end (step time minus the baseline step time, noisier on a shared machine).
-3. Peak RSS of a client process over ``--mem-steps`` steps with the controller down.
+3. The cost of ``cos_grad_update`` every optimizer step (what ``control="auto"`` sends) on
+   the digits MLP (64-128-128-10) and the 10M-parameter MLP, with SGD momentum and Adam:
+   the collector with only the cosine on, sampled (the default ``cos_sample=8``) and exact
+   (``cos_sample=1``), beside the every-step global grad norm, as a fraction of the step
+   without statistics measured in the same interleaved blocks.
+4. Peak RSS of a client process over ``--mem-steps`` steps with the controller down.
 
 Prints a table and writes JSON (default bench/results/overhead.json).
 
@@ -42,6 +47,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +421,118 @@ def training(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- cosine
+
+COS_ONLY = StatsConfig(grad_norm=False, layers=False, param_norms=False, nonfinite=False,
+                       amp=False, cos_every=1)  # fmt: skip
+COS_VARIANTS: dict[str, StatsConfig | None] = {
+    "no statistics": None,
+    "cosine every step (cos_sample=8, default)": COS_ONLY,
+    "cosine every step, exact (cos_sample=1)": replace(COS_ONLY, cos_sample=1),
+    "global grad norm every step": StatsConfig(grad_norm_every=1, **NO_EXTRAS),
+}
+COS_MODELS: dict[str, tuple[Callable[[], nn.Module], int, int]] = {
+    # name: (model factory, input width, steps per block)
+    "digits MLP 64-128-128-10": (
+        lambda: nn.Sequential(
+            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+        ),
+        64,
+        400,
+    ),
+    "MLP 1024-2048x3-10 (10.5M)": (mlp, 1024, 25),
+}
+
+
+def cosine_cost(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per-step client time of the cosine (its optimizer hooks, after_step and drain) as a
+    share of the step without statistics, from interleaved blocks of each variant."""
+    rows = []
+    for model_name, (factory, inputs, block) in COS_MODELS.items():
+        for opt_name in ("SGD momentum", "Adam"):
+            torch.manual_seed(0)
+            model = factory()
+            if opt_name == "Adam":
+                opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+            else:
+                opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            x, y = torch.randn(64, inputs), torch.randint(0, 10, (64,))
+            n_block = max(block // (10 if args.quick else 1), 2)
+            step_t, client_t = _cosine_case(model, opt, x, y, n_block, args.rounds)
+            base = float(np.median(step_t["no statistics"]))
+            for variant in COS_VARIANTS:
+                st, ct = np.asarray(step_t[variant]), np.asarray(client_t[variant])
+                client = float(np.median(ct)) if variant != "no statistics" else 0.0
+                r = {
+                    "model": model_name, "optimizer": opt_name, "variant": variant,
+                    "params": sum(p.numel() for p in model.parameters()), "steps": len(st),
+                    "step_ms_median": float(np.median(st) * 1e3),
+                    "client_us_per_step": client * 1e6,
+                    "client_pct_of_step": client / base * 100,
+                    "overhead_pct_end_to_end": float((np.median(st) / base - 1) * 100),
+                }  # fmt: skip
+                rows.append(r)
+                print(
+                    f"  {model_name:<27} {opt_name:<12} {variant:<42} step "
+                    f"{r['step_ms_median']:7.2f} ms  client {r['client_us_per_step']:7.0f} us"
+                    f" = {r['client_pct_of_step']:5.2f}%  end-to-end "
+                    f"{r['overhead_pct_end_to_end']:+6.2f}%",
+                    flush=True,
+                )
+    return rows
+
+
+def _cosine_case(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    block: int, rounds: int,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:  # fmt: skip
+    clock = time.perf_counter
+    hook = [0.0, 0.0]  # start of the collector's hook, time spent in its hooks this step
+
+    def start(*_: Any) -> None:
+        hook[0] = clock()
+
+    def stop(*_: Any) -> None:
+        hook[1] += clock() - hook[0]
+
+    def one_step() -> None:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(5):
+        one_step()
+    done = dict.fromkeys(COS_VARIANTS, 0)
+    step_t: dict[str, list[float]] = {v: [] for v in COS_VARIANTS}
+    client_t: dict[str, list[float]] = {v: [] for v in COS_VARIANTS}
+    for _ in range(rounds):
+        for variant, cfg in COS_VARIANTS.items():
+            hooks = [opt.register_step_pre_hook(start), opt.register_step_post_hook(start)]
+            stats = StatsCollector(model, opt, cfg) if cfg is not None else None
+            hooks += [opt.register_step_pre_hook(stop), opt.register_step_post_hook(stop)]
+            for i in range(block):
+                step = done[variant] + i
+                hook[1] = 0.0
+                t0 = clock()
+                one_step()
+                t1 = clock()
+                if stats is not None:
+                    stats.after_step(step)
+                    if step % 20 == 19:
+                        stats.drain()  # the Monitor's flush takes these (copy: CPU no-op)
+                t2 = clock()
+                if i:  # a block's first step has no previous update to compare with
+                    step_t[variant].append(t2 - t0)
+                    client_t[variant].append(t2 - t1 + hook[1])
+            done[variant] += block
+            if stats is not None:
+                stats.drain()
+                stats.close()
+            for h in hooks:
+                h.remove()
+    return step_t, client_t
+
+
 # ----------------------------------------------------------------------------- memory
 
 
@@ -539,7 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=50, help="training: steps per block")
     parser.add_argument("--mem-steps", type=int, default=1_000_000, help="memory: steps")
     parser.add_argument("--no-peers", action="store_true", help="skip TensorBoard, W&B...")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["calls", "train", "memory"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["calls", "train", "cosine", "memory"]
+    )
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
@@ -580,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['client_us_per_step']:8.1f} us = {r['client_pct_direct']:5.2f}% direct"
                     f"   end-to-end {r['overhead_pct_end_to_end']:+6.2f}%"
                 )
+    if "cosine" not in args.skip:
+        print("\ncos_grad_update every step (client time per step, % of the step without "
+              "statistics, medians):", flush=True)  # fmt: skip
+        results["cosine"] = cosine_cost(args)
     if "memory" not in args.skip:
         print(f"\nclient memory over {args.mem_steps:,} steps, controller down:", flush=True)
         mem = memory(args)

@@ -10,6 +10,7 @@ they take effect from the next optimizer step, and are acknowledged with that st
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import socket
 import time
@@ -114,7 +115,10 @@ class Monitor:
         transport: a :class:`~lrpilot.client.transport.BaseTransport` (tests inject one).
         stats: which gradient statistics to compute on the device (a
             :class:`~lrpilot.client.stats.StatsConfig`; default ``StatsConfig()``, used when a
-            model or an optimizer is given; ``StatsConfig.off()`` for none).
+            model or an optimizer is given; ``StatsConfig.off()`` for none). Unless it sets
+            ``cos_every``, ``cos_grad_update`` is computed every optimizer step under
+            ``control="auto"`` (the controller needs it promptly) and every
+            ``grad_norm_every`` steps otherwise.
         scaler: the ``torch.amp.GradScaler`` of an AMP run, for ``amp_scale`` and
             ``amp_skipped``.
         system_every: seconds between samples of process (and, with NVML, GPU) memory and
@@ -184,8 +188,13 @@ class Monitor:
         self.on_lr_change = on_lr_change
         self.close_timeout = close_timeout
         self._lr = LrControl(optimizer, scheduler) if optimizer is not None else None
+        stats = stats if stats is not None else StatsConfig()
+        # Automatic control tests 30 cosines after each LR change: give it one per step.
+        if isinstance(stats, StatsConfig) and stats.cos_every is None:
+            every = 1 if control == "auto" else stats.grad_norm_every
+            stats = dataclasses.replace(stats, cos_every=every)
         self._stats = (
-            StatsCollector(model, optimizer, stats if stats is not None else StatsConfig(), scaler)
+            StatsCollector(model, optimizer, stats, scaler)
             if model is not None or optimizer is not None
             else None
         )

@@ -13,7 +13,7 @@ Series (names are part of the protocol with the controller and the dashboard):
 name                              value                                             cadence
 ================================  ================================================  =======
 ``grad_norm``                     L2 norm of all gradients                          global
-``cos_grad_update``               cosine(this step's gradient, previous update)     global
+``cos_grad_update``               cosine(this step's gradient, previous update)     cos
 ``amp_scale``                     GradScaler scale                                  global
 ``amp_skipped``                   optimizer steps skipped so far (inf/NaN grads)    global
 ``grad_norm/<module>``            L2 norm of the module's own parameters' grads     layers
@@ -23,21 +23,22 @@ name                              value                                         
 ================================  ================================================  =======
 
 "global" series are computed every ``grad_norm_every`` steps, "layers" series every
-``layers_every`` steps (a step is due when ``step % every == 0``). A module's series cover
-the parameters it owns directly (``fc1`` -> ``fc1.weight`` and ``fc1.bias``); a parameter
-held by the root module is named by itself; without a model, parameters are grouped by
-param group (``group0``...).
+``layers_every`` steps (a step is due when ``step % every == 0``), the cosine every
+``cos_every`` optimizer steps (see :mod:`lrpilot.client.cosine` for its definition, sources
+and cost). A module's series cover the parameters it owns directly (``fc1`` ->
+``fc1.weight`` and ``fc1.bias``); a parameter held by the root module is named by itself;
+without a model, parameters are grouped by param group (``group0``...).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
+from .cosine import UpdateCosine
 from .errors import MonitorConfigError
 
 __all__ = ["SERIES", "StatsCollector", "StatsConfig"]
@@ -57,9 +58,6 @@ SERIES = (
 # Entries kept between drains; beyond this the oldest are dropped (the Monitor drains at
 # every flush, so this only bounds memory if it stops doing so).
 _MAX_PENDING = 10_000
-# Optimizer-state keys holding the previous update direction, in order of preference.
-_MOMENTUM = "momentum_buffer"  # SGD / RMSprop with momentum > 0: exactly the last update
-_EXP_AVG = "exp_avg"  # Adam family: the update before the 1/sqrt(v) per-coordinate scaling
 
 
 @dataclass(frozen=True)
@@ -67,16 +65,20 @@ class StatsConfig:
     """Which statistics to compute and how often.
 
     Reading every gradient once costs about as much as a few percent of a CPU training step
-    (issue 6 measured 5-6% on a 10M-parameter MLP), and a sampled "global" step reads about
-    four gradient-sized tensors (norm, and the cosine's dot product and momentum norm). So the
-    defaults sample: global series every 20 steps (one point per default Monitor flush),
-    per-module series every 100. bench/overhead.py measures the result (1-2% of that step on
-    a loaded 2-core machine); ``grad_norm_every=1`` gives an every-step global norm.
+    (issue 6 measured 5-6% on a 10M-parameter MLP). So the defaults sample: global series
+    every 20 steps (one point per default Monitor flush), per-module series every 100.
+    bench/overhead.py measures the result (1-2% of that step on a loaded 2-core machine);
+    ``grad_norm_every=1`` gives an every-step global norm.
+
+    The cosine has its own cadence because automatic LR control needs it often (its
+    detector tests 30 points after each LR change): ``Monitor(control="auto")`` computes it
+    every optimizer step unless ``cos_every`` says otherwise, and reads one chunk of each
+    large tensor per step (``cos_sample``) to keep that cheap.
 
     Args:
         grad_norm: report the global gradient norm ``grad_norm``.
-        grad_norm_every: cadence of the "global" series (grad_norm, cos_grad_update, amp_*).
-            1 reads every gradient every step.
+        grad_norm_every: cadence of the "global" series (grad_norm, amp_*). 1 reads every
+            gradient every step.
         layers: report per-module gradient norms ``grad_norm/<module>``.
         layers_every: cadence of the per-module series and ``nonfinite_grad_frac``.
         param_norms: report per-module parameter norms ``param_norm/<module>``.
@@ -84,17 +86,26 @@ class StatsConfig:
             (= ||lr * update|| / ||w||, exact for any optimizer). Costs one copy of the
             optimized parameters (same dtypes), kept between sampled steps; off by default.
         nonfinite: report the fraction of non-finite gradient elements.
-        cos_grad_update: report the cosine between this step's gradient and the previous
-            parameter update (positive: steps are too small; negative: they overshoot).
-            Costs no memory with SGD/RMSprop with momentum (``momentum_buffer`` is exactly
-            the previous update) or the Adam family (``exp_avg``: the update before Adam's
-            per-coordinate 1/sqrt(v) scaling, so an approximation); any other optimizer
-            (plain SGD, Adagrad...) falls back to a copy of the optimized parameters, like
-            ``update_ratio`` (the two share it).
+        cos_grad_update: report ``cos_grad_update``, the cosine between the gradient of an
+            optimizer step and the previous update (positive: steps are too small;
+            negative: they overshoot); none on the first step. Costs no memory with
+            SGD/RMSprop with momentum (``momentum_buffer`` is exactly the previous update) or
+            Adam/AdamW (the update rebuilt from ``exp_avg`` and ``exp_avg_sq``); other Adam
+            variants use ``exp_avg`` (an approximation); any other optimizer (plain SGD,
+            Adagrad...) measures the weights' change around the step before, in a copy of
+            the sampled part of the parameters (1/``cos_sample`` of a large model).
+        cos_every: compute the cosine every this many optimizer steps. None (default): 1
+            under ``Monitor(control="auto")``, else ``grad_norm_every``; a bare
+            ``StatsCollector`` takes ``grad_norm_every``.
+        cos_sample: of each tensor large enough (at least ``8 * cos_sample`` blocks of 1024
+            elements), read one of ``cos_sample`` equal contiguous chunks, a different one
+            each step, weighted ``cos_sample`` (1: read everything; the value is then exact).
+            Smaller tensors are always read whole.
         amp: with a ``GradScaler``, report ``amp_scale`` and ``amp_skipped``.
 
     Example:
         >>> StatsConfig(grad_norm_every=1)            # every-step global norm
+        >>> StatsConfig(cos_every=4, cos_sample=1)    # exact cosine every 4th step
         >>> StatsConfig(layers=False, param_norms=False)  # global series only
     """
 
@@ -106,12 +117,16 @@ class StatsConfig:
     update_ratio: bool = False
     nonfinite: bool = True
     cos_grad_update: bool = True
+    cos_every: int | None = None
+    cos_sample: int = 8
     amp: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith("_every"):
+            if f.name == "cos_every" and value is None:
+                continue
+            if f.name.endswith(("_every", "_sample")):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise MonitorConfigError(
                         f"StatsConfig.{f.name} must be an int >= 1, got {value!r}"
@@ -236,39 +251,40 @@ class StatsCollector:
         self._names: dict[tuple[Any, ...], tuple[str, ...]] = {}
         # Optimizer-side state (filled only when there is an optimizer).
         self._opt_pos: list[int] = []  # positions in self._params of the optimized params
-        self._opt_groups: list[list[int]] = []  # per param group, positions in _params
         self._update_layout: _Layout | None = None
-        self._cos_key: str | None = None
+        self._cos: UpdateCosine | None = None
+        self._cos_every = config.cos_every or config.grad_norm_every
         self._snap: list[torch.Tensor] | None = None
         self._snap_state = ""  # "" | "pre" (holds w before this step) | "delta" (w_prev - w)
-        self._delta_step = -1  # the step whose update "delta" holds
         self._hooked = False  # the optimizer stepped since the last after_step
         self._opt_steps = 0
         self._skipped = 0
         self._last_step: int | None = None
-        self._pending_grads: tuple[_Layout, torch.Tensor] | None = None
         self._pending_cos: torch.Tensor | None = None
-        self._hook = None
+        self._hooks: list[Any] = []
         if optimizer is not None:
             index = {id(p): i for i, p in enumerate(self._params)}
-            self._opt_groups = [[index[id(p)] for p in g["params"]] for g in optimizer.param_groups]
-            self._opt_pos = [pos for grp in self._opt_groups for pos in grp]
+            self._opt_pos = [index[id(p)] for g in optimizer.param_groups for p in g["params"]]
             if config.update_ratio and self._opt_pos:
                 self._update_layout = _Layout(self._opt_pos, self._metas, layer_of, self.home)
-            self._cos_key = _cos_source(optimizer)
-            self._hook = optimizer.register_step_pre_hook(self._pre_step)
+            if config.cos_grad_update:
+                self._cos = UpdateCosine(optimizer, self.home, config.cos_sample)
+                self._hooks.append(optimizer.register_step_post_hook(self._post_step))
+            self._hooks.append(optimizer.register_step_pre_hook(self._pre_step))
 
     # ------------------------------------------------------------------ public API
 
     @property
     def cos_source(self) -> str:
-        """Where the previous update is read from: an optimizer-state key, or "copy"."""
-        return self._cos_key or "copy"
+        """Where the cosine's previous update comes from: "momentum_buffer", "adam",
+        "exp_avg" or "copy" (see :mod:`lrpilot.client.cosine`); "off" without one."""
+        return self._cos.source if self._cos is not None else "off"
 
     @property
     def memory_bytes(self) -> int:
-        """Device memory this collector holds between steps (the parameter copy, if any)."""
-        return sum(t.numel() * t.element_size() for t in self._snap) if self._snap else 0
+        """Device memory this collector holds between steps (parameter copies, if any)."""
+        own = sum(t.numel() * t.element_size() for t in self._snap) if self._snap else 0
+        return own + (self._cos.memory_bytes if self._cos is not None else 0)
 
     def after_step(self, step: int) -> None:
         """Queue this step's statistics; call right after ``optimizer.step()``.
@@ -286,7 +302,6 @@ class StatsCollector:
         if snap_pre and not hooked:  # the copy belongs to a step that did not happen
             self._snap_state = snap_pre = ""
         if not (glob or lay or snap_pre or self._pending_cos is not None):
-            self._pending_grads = None
             return
         with torch.no_grad():
             self._compute(step, glob, lay, snap_pre)
@@ -298,10 +313,11 @@ class StatsCollector:
         return [pending.popleft() for _ in range(len(pending))]
 
     def close(self) -> None:
-        """Remove the optimizer hook and free the parameter copy. Safe to call twice."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        """Remove the optimizer hooks and free the parameter copies. Safe to call twice."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._cos = None
         self._snap = None
         self._snap_state = ""
 
@@ -319,10 +335,7 @@ class StatsCollector:
         parts: list[torch.Tensor] = []
         grad_layout = gnorms = None
         need_grads = (glob and cfg.grad_norm) or (lay and (cfg.layers or cfg.nonfinite))
-        if self._pending_grads is not None:
-            grad_layout, gnorms = self._pending_grads
-            self._pending_grads = None
-        elif need_grads:
+        if need_grads:
             grads = [p.grad for p in self._params]
             grad_layout = self._grad_layout(grads)
             if grad_layout is not None:
@@ -357,7 +370,6 @@ class StatsCollector:
             assert self._snap is not None
             torch._foreach_sub_(self._snap, [self._params[i] for i in self._opt_pos])
             self._snap_state = "delta"  # w_{step-1} - w_{step} = lr * update of this step
-            self._delta_step = step
             if lay and self._update_layout is not None:
                 ul = self._update_layout
                 num = ul.layer_norms(ul.norms(self._snap_by_pos()))
@@ -377,87 +389,32 @@ class StatsCollector:
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Optimizer step pre-hook: the gradient and the optimizer state before the update."""
         self._hooked = True
+        n = self._opt_steps
         self._opt_steps += 1
-        cfg = self.config
-        copy_cos = cfg.cos_grad_update and self._cos_key is None
-        if self._last_step is None:  # first step: its number is unknown until after_step
-            cos_now, snap_now = False, copy_cos or self._update_layout is not None
-        else:
-            t = self._last_step + 1
-            cos_now = cfg.cos_grad_update and t % cfg.grad_norm_every == 0
-            snap_now = (self._update_layout is not None and t % cfg.layers_every == 0) or (
-                copy_cos and (t + 1) % cfg.grad_norm_every == 0
-            )
-        if not (cos_now or snap_now):
+        if self._cos is not None:
+            every = self._cos_every
+            cos = self._cos.before_step(n % every == 0, (n + 1) % every == 0)
+            if cos is not None:
+                self._pending_cos = cos
+        if self._update_layout is None or not self._opt_pos:
+            return None
+        # update_ratio: copy the weights before a step that is due (the first step's number
+        # is unknown until after_step, so it is always copied).
+        if self._last_step is not None and (self._last_step + 1) % self.config.layers_every:
             return None
         with torch.no_grad():
-            if cos_now:
-                self._cosine()  # before the copy below overwrites the previous update
-            if snap_now and self._opt_pos:
-                params = [self._params[i] for i in self._opt_pos]
-                if self._snap is None:
-                    self._snap = [torch.empty_like(p) for p in params]
-                torch._foreach_copy_(self._snap, params)
-                self._snap_state = "pre"
+            params = [self._params[i] for i in self._opt_pos]
+            if self._snap is None:
+                self._snap = [torch.empty_like(p) for p in params]
+            torch._foreach_copy_(self._snap, params)
+            self._snap_state = "pre"
         return None
 
-    def _cosine(self) -> None:
-        """cos(g_t, u_{t-1}) from the optimizer state or the copy; also keeps ||g|| per tensor
-        for after_step so that the gradients are read once."""
-        grads = [p.grad for p in self._params]
-        layout = self._grad_layout(grads)
-        if layout is None:
-            return
-        gnorms = layout.norms(grads)
-        self._pending_grads = (layout, gnorms)
-        key = self._cos_key
-        dot = usq = None
-        if key is None:
-            if self._snap_state != "delta" or self._delta_step != self._last_step:
-                return
-            snap = self._snap_by_pos()
-            pairs = [(grads[i], snap[i]) for i in self._opt_pos if grads[i] is not None]
-            dot, usq = _dot_and_sq(pairs, self.home)
-        else:
-            opt = self._optimizer
-            assert opt is not None
-            # Param groups added after construction are not followed (strict=False).
-            for g_pos, group in zip(self._opt_groups, opt.param_groups, strict=False):
-                pairs = []
-                for i in g_pos:
-                    if grads[i] is None:
-                        continue
-                    buf = opt.state.get(self._params[i], {}).get(key)
-                    if buf is None:
-                        self._missing_state(key)
-                        return
-                    pairs.append((grads[i], buf))
-                if not pairs:
-                    continue
-                d, s = _dot_and_sq(pairs, self.home)
-                lr = group["lr"]
-                d, s = d * lr, s * (lr * lr)
-                dot, usq = (d, s) if dot is None else (dot + d, usq + s)
-        if dot is None or usq is None:
-            return
-        denom = (torch.linalg.vector_norm(gnorms) * usq.sqrt()).clamp_min(
-            torch.finfo(torch.float32).tiny
-        )
-        self._pending_cos = (dot / denom).reshape(1)
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._cos is not None:
+            self._cos.after_update()
 
     # ------------------------------------------------------------------ helpers
-
-    def _missing_state(self, key: str) -> None:
-        # The state appears after the optimizer's first step; if it still lacks the key later,
-        # this optimizer keeps its update elsewhere: fall back to the parameter copy.
-        if self._opt_steps > 2:
-            warnings.warn(
-                f"lrpilot: {type(self._optimizer).__name__} has no {key!r} state; "
-                "cos_grad_update falls back to a copy of the parameters",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            self._cos_key = None
 
     def _grad_layout(self, grads: list[torch.Tensor | None]) -> _Layout | None:
         mask = tuple(g is not None for g in grads)
@@ -520,36 +477,6 @@ def _tensor_norms(
         wide = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
         out.append(torch.linalg.vector_norm(t, dtype=wide))
     return out
-
-
-def _dot_and_sq(
-    pairs: list[tuple[torch.Tensor, torch.Tensor]], home: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_i <g_i, u_i> and sum_i ||u_i||^2 in float32 on ``home``, grouped by device."""
-    by_device: dict[torch.device, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    for g, u in pairs:
-        dots, us = by_device.setdefault(u.device, ([], []))
-        g32 = g.reshape(-1).to(u.device, torch.float32)
-        u32 = u.reshape(-1).to(torch.float32)
-        dots.append(torch.dot(g32, u32))
-        us.append(u)
-    dot_parts, sq_parts = [], []
-    for device, (dots, us) in by_device.items():
-        dot_parts.append(torch.stack(dots).sum().to(home, non_blocking=True))
-        norms = _tensor_norms(us, None, _foreach_ok(device))
-        sq_parts.append(torch.stack(norms).square().sum().to(home, non_blocking=True))
-    if len(dot_parts) == 1:
-        return dot_parts[0], sq_parts[0]
-    return torch.stack(dot_parts).sum(), torch.stack(sq_parts).sum()
-
-
-def _cos_source(optimizer: torch.optim.Optimizer) -> str | None:
-    groups = optimizer.param_groups
-    if groups and all(float(g.get("momentum", 0) or 0) > 0 for g in groups):
-        return _MOMENTUM
-    if groups and all("betas" in g for g in groups):
-        return _EXP_AVG
-    return None
 
 
 def _collect_params(

@@ -156,3 +156,30 @@ def test_system_samples_are_opt_in_and_sent_as_system_series() -> None:
     plain.step(loss=1.0)
     plain.close()
     assert not any(n.startswith("system/") for _, n, _ in t2.points())
+
+
+@pytest.mark.parametrize(("control", "cos_steps"), [("auto", list(range(1, 45))),
+                                                    ("advise", [20, 40])])  # fmt: skip
+def test_auto_control_gets_one_cosine_per_step(control: str, cos_steps: list[int]) -> None:
+    """The controller's alignment test needs the cosine promptly: under control="auto" the
+    default statistics send one point per optimizer step (none for the first step, which has
+    no previous update); the watch modes keep the sparse default cadence."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    t = MemoryTransport()
+    mon = Monitor(run="cos", optimizer=opt, model=model, control=control, transport=t)
+    for _ in range(45):
+        opt.zero_grad()
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss)
+    mon.close()
+    got = [s for s, n, v in t.points() if n == "cos_grad_update"]
+    assert got == cos_steps
+    assert all(-1 <= v <= 1 for _, n, v in t.points() if n == "cos_grad_update")
+    explicit = Monitor(run="x", optimizer=opt, model=model, control="auto",
+                       transport=MemoryTransport(), stats=StatsConfig(cos_every=5))  # fmt: skip
+    assert explicit._stats is not None and explicit._stats._cos_every == 5
+    explicit.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import torch
@@ -96,13 +97,7 @@ def test_values_match_reference(opt_name: str) -> None:
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         before = {n: p.detach().clone() for n, p in trainable}
-        # The previous update as the collector defines it, read before this step.
-        if opt_name == "sgd":
-            prev = prev_update
-        else:
-            key = "momentum_buffer" if opt_name == "sgd-momentum" else "exp_avg"
-            prev = {n: opt.state[p][key].clone() for n, p in trainable if p in opt.state}
-            prev = prev or None
+        prev = prev_update  # what the previous step subtracted from the weights
         opt.step()
         stats.after_step(step)
         exp = {"grad_norm": torch.linalg.vector_norm(flat(list(grads.values()))).item()}
@@ -135,10 +130,12 @@ def test_values_match_reference(opt_name: str) -> None:
     # Layers: a module without gradients has no grad norm but keeps its parameter norm.
     assert "grad_norm/unused" not in got[3] and "param_norm/unused" in got[3]
     assert "grad_norm/scale" in got[3]  # a root-level parameter is named by itself
-    expected_source = {"sgd": "copy", "sgd-momentum": "momentum_buffer", "adam": "exp_avg"}
+    expected_source = {"sgd": "copy", "sgd-momentum": "momentum_buffer", "adam": "adam"}
     assert stats.cos_source == expected_source[opt_name]
     n_bytes = sum(p.numel() * p.element_size() for _, p in trainable)
-    assert stats.memory_bytes == n_bytes  # update_ratio is on: one copy of the trainable
+    # update_ratio is on: one copy of the trainable; plain SGD's cosine measures the weights'
+    # change in a copy of its own (whole here: no tensor is large enough to be sampled).
+    assert stats.memory_bytes == n_bytes * (2 if opt_name == "sgd" else 1)
     stats.close()
 
 
@@ -328,6 +325,10 @@ def test_bad_config_and_arguments_raise_with_the_value() -> None:
         StatsConfig(grad_norm_every=0)
     with pytest.raises(MonitorConfigError, match=r"layers_every.*got 2\.5"):
         StatsConfig(layers_every=2.5)  # type: ignore[arg-type]
+    with pytest.raises(MonitorConfigError, match=r"cos_every must be an int >= 1, got 0"):
+        StatsConfig(cos_every=0)
+    with pytest.raises(MonitorConfigError, match=r"cos_sample must be an int >= 1, got None"):
+        StatsConfig(cos_sample=None)  # type: ignore[arg-type]
     with pytest.raises(MonitorConfigError, match=r"layers must be True or False, got 'yes'"):
         StatsConfig(layers="yes")  # type: ignore[arg-type]
     with pytest.raises(MonitorConfigError, match=r"optimizer must be a torch\.optim\.Optimizer"):
@@ -390,10 +391,12 @@ def _to_host(args: tuple, kwargs: dict) -> bool:
     )
 
 
-def _train(stats_cfg: StatsConfig, opt_name: str, steps: int, amp: bool) -> CountHostReads:
+def _train(
+    stats_cfg: StatsConfig, opt_name: str, steps: int, amp: bool, width: int = 32
+) -> CountHostReads:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                          nn.Linear(32, 4))  # fmt: skip
+    model = nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                          nn.Linear(width, 4))  # fmt: skip
     opt = OPTIMIZERS[opt_name](model.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8) if amp else None
     stats = StatsCollector(model, opt, stats_cfg, scaler)
@@ -424,10 +427,12 @@ def _train(stats_cfg: StatsConfig, opt_name: str, steps: int, amp: bool) -> Coun
 
 
 @pytest.mark.parametrize(
-    ("opt_name", "amp"), [("sgd-momentum", False), ("sgd", True), ("adam", False)]
-)
-def test_no_host_sync_over_200_steps(opt_name: str, amp: bool) -> None:
-    counter = _train(EVERY_STEP, opt_name, steps=200, amp=amp)
+    ("opt_name", "amp", "width"),
+    [("sgd-momentum", False, 32), ("sgd", True, 32), ("adam", False, 32),
+     ("sgd", True, 256), ("adam", False, 256)],  # 256: the cosine reads sampled blocks
+)  # fmt: skip
+def test_no_host_sync_over_200_steps(opt_name: str, amp: bool, width: int) -> None:
+    counter = _train(EVERY_STEP, opt_name, steps=200, amp=amp, width=width)
     assert counter.in_stats == [], f"host conversions inside stats: {counter.in_stats[:5]}"
     assert counter.elsewhere >= 1
 
@@ -444,3 +449,231 @@ def test_sync_counter_catches_a_conversion_inside_stats(monkeypatch: pytest.Monk
     monkeypatch.setattr(StatsCollector, "_nonfinite", syncing)
     counter = _train(EVERY_STEP, "sgd", steps=3, amp=False)
     assert len(counter.in_stats) == 3 and counter.in_stats[0].startswith("__bool__")
+
+
+# ---------------------------------------------------------------------------- the cosine
+# Reference: cos(g_t, u_{t-1}) with g_t the gradients the optimizer step t applies and
+# u_{t-1} = w_{t-2} - w_{t-1}, what the last optimizer step that ran did to the weights,
+# over the parameters that have a gradient at step t; no value before a first update.
+
+COS_ONLY = StatsConfig(grad_norm=False, layers=False, param_norms=False, nonfinite=False,
+                       amp=False, cos_every=1)  # fmt: skip
+
+COS_OPTIMIZERS = {
+    "sgd": lambda groups: torch.optim.SGD(groups, lr=0.05),
+    "sgd-momentum-wd-dampening": lambda groups: torch.optim.SGD(
+        groups, lr=0.05, momentum=0.9, weight_decay=1e-2, dampening=0.2
+    ),
+    "rmsprop-momentum": lambda groups: torch.optim.RMSprop(groups, lr=1e-2, momentum=0.5),
+    "adam": lambda groups: torch.optim.Adam(groups, lr=1e-2),
+    "adam-amsgrad-l2": lambda groups: torch.optim.Adam(
+        groups, lr=1e-2, amsgrad=True, weight_decay=0.1
+    ),
+    "adamw": lambda groups: torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.5),
+    "adagrad": lambda groups: torch.optim.Adagrad(groups, lr=0.1),
+}
+COS_SOURCES = {"sgd": "copy", "sgd-momentum-wd-dampening": "momentum_buffer",
+               "rmsprop-momentum": "momentum_buffer", "adam": "adam", "adam-amsgrad-l2": "adam",
+               "adamw": "adam", "adagrad": "copy"}  # fmt: skip
+
+
+class LateNet(nn.Module):
+    """fc1 and fc2 in two param groups with different LRs; ``late`` gets gradients only once
+    ``use_late`` is set; fc2's bias is frozen (no gradient ever)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, width)
+        self.fc2 = nn.Linear(width, 3)
+        self.fc2.bias.requires_grad_(False)
+        self.late = nn.Linear(width, 3)
+        self.use_late = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        out = self.fc2(h)
+        return out + self.late(h) if self.use_late else out
+
+    def groups(self) -> list[dict[str, object]]:
+        first = list(self.fc1.parameters())
+        rest = [self.fc2.weight, *self.late.parameters()]
+        return [{"params": first}, {"params": rest, "lr_scale": 4.0}]
+
+
+def make_optimizer(name: str, model: LateNet) -> torch.optim.Optimizer:
+    opt = COS_OPTIMIZERS[name](model.groups())
+    opt.param_groups[1]["lr"] *= 4  # param groups with different LRs
+    return opt
+
+
+def run_with_reference(
+    model: LateNet, opt: torch.optim.Optimizer, stats: StatsCollector, steps: int, *,
+    scaler: torch.amp.GradScaler | None = None, inf_at: tuple[int, ...] = (),
+    accumulate: int = 1, late_from: int | None = None, seed: int = 0,
+) -> tuple[dict[int, float], dict[int, float]]:  # fmt: skip
+    """Train, computing the reference cosine by hand at every optimizer step; return
+    ({step: expected}, {step: reported})."""
+    torch.manual_seed(seed)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    prev: dict[str, torch.Tensor] | None = None
+    expected: dict[int, float] = {}
+    for step in range(steps):
+        model.use_late = late_from is not None and step >= late_from
+        if step % accumulate == 0:
+            opt.zero_grad()
+        loss = model(torch.randn(16, 6)).pow(2).mean()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if step in inf_at:
+            model.fc1.weight.grad[0, 0] = float("inf")  # GradScaler skips this step
+        if (step + 1) % accumulate == 0:
+            grads = {n: p.grad.double().clone() for n, p in named if p.grad is not None}
+            before = {n: p.detach().double().clone() for n, p in named}
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if step not in inf_at:
+                if prev is not None:
+                    g = flat(list(grads.values()))
+                    u = flat([prev[n] for n in grads])
+                    expected[step] = cosine(g, u)
+                prev = {n: before[n] - p.detach().double() for n, p in named}
+        stats.after_step(step)
+    got = {s: v["cos_grad_update"] for s, v in drained(stats).items() if "cos_grad_update" in v}
+    return expected, got
+
+
+def assert_same(expected: dict[int, float], got: dict[int, float]) -> None:
+    assert sorted(got) == sorted(expected), "cosine reported at the wrong steps"
+    for step, value in expected.items():
+        assert got[step] == pytest.approx(value, rel=1e-4, abs=2e-5), (
+            f"wrong cos_grad_update at step {step}: expected {value:.6f}, got {got[step]:.6f}"
+        )
+
+
+@pytest.mark.parametrize("opt_name", list(COS_OPTIMIZERS))
+def test_cosine_every_step_is_the_gradient_against_the_previous_weight_change(
+    opt_name: str,
+) -> None:
+    """Two param groups with different LRs, a frozen parameter, and a layer that gets its
+    first gradients at step 4 (no optimizer state yet: a zero previous update)."""
+    torch.manual_seed(0)
+    model = LateNet()
+    opt = make_optimizer(opt_name, model)
+    stats = StatsCollector(model, opt, COS_ONLY)
+    expected, got = run_with_reference(model, opt, stats, 10, late_from=4)
+    assert 0 not in got  # the first step has no previous update: no value, not a zero
+    assert len(got) == 9
+    assert_same(expected, got)
+    assert stats.cos_source == COS_SOURCES[opt_name]
+    assert stats.memory_bytes == (0 if COS_SOURCES[opt_name] != "copy" else 4 * sum(
+        p.numel() for p in model.parameters() if p.requires_grad))  # fmt: skip
+    stats.close()
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "sgd-momentum-wd-dampening", "adam"])
+def test_a_skipped_amp_step_has_no_cosine_and_is_not_the_previous_update(opt_name: str) -> None:
+    """GradScaler skips steps 2 and 5 (inf gradients): no value there; steps 3 and 6 compare
+    with the update of steps 1 and 4, the last ones that changed the weights."""
+    torch.manual_seed(0)
+    model = LateNet()
+    opt = make_optimizer(opt_name, model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    stats = StatsCollector(model, opt, COS_ONLY, scaler)
+    expected, got = run_with_reference(model, opt, stats, 8, scaler=scaler, inf_at=(2, 5))
+    assert sorted(got) == [1, 3, 4, 6, 7]
+    assert_same(expected, got)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_gradient_accumulation_gives_one_cosine_per_optimizer_step(opt_name: str) -> None:
+    torch.manual_seed(0)
+    model = LateNet()
+    opt = make_optimizer(opt_name, model)
+    stats = StatsCollector(model, opt, COS_ONLY)
+    expected, got = run_with_reference(model, opt, stats, 12, accumulate=3)
+    assert sorted(got) == [5, 8, 11]  # optimizer steps at 2, 5, 8, 11; 2 is the first
+    assert_same(expected, got)
+
+
+def test_cos_every_counts_optimizer_steps() -> None:
+    torch.manual_seed(0)
+    model = LateNet()
+    opt = make_optimizer("sgd", model)  # the copy source: it measures the step before
+    stats = StatsCollector(model, opt, replace(COS_ONLY, cos_every=3))
+    expected, got = run_with_reference(model, opt, stats, 16, accumulate=2)
+    # Optimizer steps 0..7 end at training steps 1, 3, ..., 15; due: 3 and 6 (0 has none).
+    assert sorted(got) == [7, 13]
+    assert_same({s: expected[s] for s in got}, got)
+
+
+def test_resumed_adam_uses_its_step_count_for_bias_correction() -> None:
+    torch.manual_seed(0)
+    model = LateNet()
+    opt = make_optimizer("adam", model)
+    for _ in range(3):  # trained before the collector existed (e.g. loaded from a checkpoint)
+        opt.zero_grad()
+        model(torch.randn(16, 6)).pow(2).mean().backward()
+        opt.step()
+    stats = StatsCollector(model, opt, COS_ONLY)
+    expected, got = run_with_reference(model, opt, stats, 5)
+    expected[0] = got[0]  # the update before our first step is not in the reference's record
+    assert_same(expected, got)
+
+
+def sampled_cosine(g: dict[str, torch.Tensor], u: dict[str, torch.Tensor], k: int, o: int) -> float:
+    """The sampled estimate, by hand: a tensor of at least 8 * k blocks of 1024 elements is
+    cut into k equal chunks of whole blocks; chunk o counts k times, the tail after the k
+    chunks once; smaller tensors count whole."""
+    dot = gg = uu = 0.0
+    for name in g:
+        a, b = g[name].reshape(-1), u[name].reshape(-1)
+        blocks = a.numel() // (k * 1024)
+        parts = [(a, b, 1)]
+        if blocks >= 8:
+            n = blocks * 1024
+            parts = [(a[o * n : (o + 1) * n], b[o * n : (o + 1) * n], k),
+                     (a[k * n :], b[k * n :], 1)]  # fmt: skip
+        for x, y, weight in parts:
+            dot += weight * (x @ y).item()
+            gg += weight * (x @ x).item()
+            uu += weight * (y @ y).item()
+    return dot / math.sqrt(gg * uu)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd-momentum-wd-dampening", "adam", "sgd"])
+def test_large_tensors_are_read_in_sampled_blocks(opt_name: str) -> None:
+    """fc1 (6 x 12,000 = 72,000 weights) is sampled: 8 chunks of 8 blocks of 1024, one read
+    per step, plus a tail of 6,464; the rest is read whole. The estimate matches the
+    hand-made one exactly and the full cosine closely; with cos_sample=1 it is the full
+    cosine."""
+    results = {}
+    for sample in (8, 1):
+        torch.manual_seed(0)
+        model = LateNet(width=12_000)
+        opt = make_optimizer(opt_name, model)
+        for group in opt.param_groups:  # 12,000 hidden units: a stable LR is smaller
+            group["lr"] /= 20
+        stats = StatsCollector(model, opt, replace(COS_ONLY, cos_sample=sample))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        prev = None
+        got_steps, sampled_ref, full_ref = [], [], []
+        for step in range(6):
+            opt.zero_grad()
+            model(torch.randn(16, 6)).pow(2).mean().backward()
+            grads = {n: p.grad.double().clone() for n, p in named if p.grad is not None}
+            before = {n: p.detach().double().clone() for n, p in named}
+            opt.step()
+            stats.after_step(step)
+            if prev is not None:
+                got_steps.append(step)
+                sampled_ref.append(sampled_cosine(grads, prev, 8, step % 8))
+                full_ref.append(cosine(flat(list(grads.values())), flat(list(prev.values()))))
+            prev = {n: before[n] - p.detach().double() for n, p in named if n in grads}
+        got = {s: v["cos_grad_update"] for s, v in drained(stats).items()}
+        assert sorted(got) == got_steps
+        results[sample] = [got[s] for s in got_steps]
+    assert results[8] == pytest.approx(sampled_ref, rel=1e-4, abs=2e-5)
+    assert results[1] == pytest.approx(full_ref, rel=1e-4, abs=2e-5)
+    assert results[8] == pytest.approx(full_ref, abs=0.05)
