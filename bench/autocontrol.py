@@ -30,6 +30,7 @@ decay to 0; lrpilot auto; lrpilot auto on top of cosine.
 
     python bench/autocontrol.py                 # the full benchmark, ~6-8 min on 2 cores
     python bench/autocontrol.py --seeds 1 --methods fixed,auto --tasks regression  # dev loop
+    python bench/autocontrol.py --tasks digits --optimizers adam --starts 7,8  # two starts
 
 Writes bench/results/autocontrol.json (``--out``).
 """
@@ -260,11 +261,12 @@ class RunView(torch.nn.Module):
 
 
 class InProcessController:
-    """A real Controller on a thread (as tests/support.py's ThreadedController)."""
+    """A real Controller on a thread (as tests/support.py's ThreadedController); ``rules``:
+    extra ``[policy]`` lines for a dev loop (the benchmark runs the defaults)."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, rules: str = "") -> None:
         policy = db.with_suffix(".toml")
-        policy.write_text(POLICY_TOML)
+        policy.write_text(POLICY_TOML + (f"[policy]\n{rules}\n" if rules else ""))
         self.controller = Controller(db, "tcp://127.0.0.1:*", policy=policy)
         self.endpoint = self.controller.bind()
         self.thread = threading.Thread(target=self.controller.serve_forever, daemon=True)
@@ -418,6 +420,7 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
     wall = time.perf_counter() - t_start
     changes = {m: mon.changes for m, mon in mon_items}
     rewinds = {m: mon.rewinds for m, mon in mon_items}
+    dropped = {m: mon.dropped for m, mon in mon_items}
     t_close = time.perf_counter()
     for _, mon in mon_items:
         mon.close()
@@ -432,6 +435,7 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
         runs.append({
             "method": meth, "lr0": lr, "seed": s, "result": final[m], "final_lr": lr_now[m],
             "nan_step": nan_step[m], "changes": len(ch), "rewinds": rewinds.get(m, 0),
+            "dropped": dropped.get(m, 0),
             "steps_lost": sum(c.step - c.rewind_step for c in ch if c.rewind_step is not None),
             "increases": sum(c.lrs_after[0] > c.lrs_before[0] for c in ch),
             "triggers": [c.trigger for c in ch],
@@ -616,6 +620,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--rules",
+        default="",
+        help="extra [policy] lines, e.g. "
+        '"climb_threshold = 0.01" (dev loop; the benchmark runs the defaults)',
+    )
+    ap.add_argument("--starts", default="", help="indices 0-10 of the starting LRs to run "
+                    "(dev loop; spans over a subset are not the benchmark's)")  # fmt: skip
     ap.add_argument("--overhead-steps", type=int, default=300)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "autocontrol.json"))
     ap.add_argument("--rescore", metavar="JSON", help="print the tables of a saved run again")
@@ -631,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"config": vars(args) | {"methods": list(methods)}, "cells": {}}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        InProcessController(Path(tmp) / "b.db") as ctl,
+        InProcessController(Path(tmp) / "b.db", args.rules.replace(";", "\n")) as ctl,
         ServeProcess(Path(tmp) / "overhead.db") as serve,
     ):
         for task_name in args.tasks.split(","):
@@ -639,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
             dead_level = 0.2 if task.classify else 0.9 * float(task.y_test.var())
             for opt in args.optimizers.split(","):
                 lrs = [10 ** (FIRST_LR[opt] + 0.5 * i) for i in range(11)]
+                if args.starts:
+                    lrs = [lrs[int(i)] for i in args.starts.split(",")]
                 t0 = time.perf_counter()
                 group = run_group(task, opt, methods, lrs, args.steps, ctl.endpoint)
                 scored = score(group, task.classify, lrs, methods, dead_level, args.steps)

@@ -88,9 +88,12 @@ class Rewinder:
         self.rewinds = 0
         self.snapshots: list[Snapshot] = []
         self.disabled = ""
+        self._now = 0  # the latest step seen by maybe_snapshot
+        self._rewound_at: int | None = None  # the step of the last divergence rewind
 
     def maybe_snapshot(self, step: int) -> None:
         """Take a snapshot if ``step`` is due (called at the end of each step)."""
+        self._now = step
         if self.disabled or step % self.every:
             return
         snap = Snapshot(
@@ -119,12 +122,19 @@ class Rewinder:
         detected long after it began. With ``step`` (now) and ``margin``, the newest snapshot
         taken at least ``margin`` steps before ``step`` is restored instead, falling back to
         the older one: a spike is detected within a flush or two, so a snapshot older than
-        that predates it and restoring it loses fewer steps.
+        that predates it and restoring it loses fewer steps. Within ``2 * every`` steps of
+        a divergence rewind the older one is restored even then: a run that blows up again
+        so soon has not recovered, and a snapshot taken since may hold the new damage
+        (digits SGD at lr 10: a spike 219 steps after a rewind to step 0 restored the
+        step-400 snapshot, already dead, where step 0 trained). A spike rewind does not arm
+        this: spikes come and go late in training, and each is caught within a flush or two.
         """
         if not self.snapshots or self.rewinds >= self.max_rewinds:
             return None
         snap = self.snapshots[0]
-        if step is not None:
+        now = self._now if step is None else step
+        recent = self._rewound_at is not None and now - self._rewound_at < 2 * self.every
+        if step is not None and not recent:
             snap = max((s for s in self.snapshots if s.step <= step - margin),
                        key=lambda s: s.step, default=snap)  # fmt: skip
         lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -134,4 +144,5 @@ class Rewinder:
             group["lr"] = lr
         self.snapshots = [snap]  # the newer one may hold the damage: never go back to it
         self.rewinds += 1
+        self._rewound_at = now if step is None else None  # only a divergence arms the rule
         return snap.step

@@ -40,7 +40,7 @@ from .policy import CONTROL_MODES, Decision, Policy, RunPolicy, priority
 __all__ = ["CONTROL_MODES", "Decision", "RunController"]
 
 # Reset when the LR changes: what they measured belongs to the old LR.
-_RESET_ON_LR_CHANGE = ("plateau", "oscillation", "alignment")
+_RESET_ON_LR_CHANGE = ("plateau", "oscillation", "alignment", "climb")
 _VETO_POINTS = 20  # cosines needed before they may veto a plateau cut
 
 
@@ -52,14 +52,18 @@ class _EarlyStuck(DivergenceDetector):
     """The stuck test against the loss's very first point after ``rules.early_stuck`` points.
 
     It speaks only when the cosine has a say (``_VETO_POINTS`` points in the alignment
-    detector's window) and does not read "steps too small": a loss no better than where it
-    started is a dead net *or* a slow start, and only the cosine tells them apart. A run that
-    sends no cosine keeps the divergence detector's own, later stuck test.
+    detector's window) and its mean is not above the climb threshold (the steps may be too
+    small): a loss no better than where it started is a dead net *or* a slow start, and only
+    the cosine tells them apart. A run that sends no cosine keeps the divergence detector's
+    own, later stuck test.
     """
 
-    def __init__(self, config: DivergenceConfig, alignment: AlignmentDetector) -> None:
+    def __init__(
+        self, config: DivergenceConfig, alignment: AlignmentDetector, too_small: float
+    ) -> None:
         super().__init__(config)
         self._alignment = alignment
+        self._too_small = too_small  # a mean cosine above this may be a slow start
 
     def watch(self, alignment: AlignmentDetector) -> None:
         """Read this alignment detector from now on (the one a reloaded policy kept)."""
@@ -72,10 +76,23 @@ class _EarlyStuck(DivergenceDetector):
         align = self._alignment
         mean, n = align.window_mean()
         last = align.last_step
-        if n < _VETO_POINTS or mean > align.config.threshold or last is None or last < step - n:
+        if n < _VETO_POINTS or mean > self._too_small or last is None or last < step - n:
             return None  # no say, "too small", or not fed (a reload replaced it)
         why = f"; mean {self._alignment.config.series} {mean:+.2f} over {n} points: not slow"
         return replace(hit, reason=hit.reason + why, data={**hit.data, "early": True})
+
+
+class _Climb(AlignmentDetector):
+    """The alignment test against the rules' lower ``climb_threshold`` over up to
+    ``climb_window`` points, of which only ``lr_too_small`` speaks (cuts stay with the
+    alignment detector's own threshold). A mean cosine of +0.03 to +0.06 (Adam at an LR 10x
+    too small) is too weak for 100 points against +0.1 but clear over a few hundred against
+    +0.02.
+    """
+
+    def _update(self, step: int, value: float) -> Detection | None:
+        hit = super()._update(step, value)
+        return hit if hit is not None and hit.kind == "lr_too_small" else None
 
 
 def _build_detectors(policy: RunPolicy) -> dict[str, Detector]:
@@ -89,11 +106,15 @@ def _build_detectors(policy: RunPolicy) -> dict[str, Detector]:
         "grad_divergence": DivergenceDetector(grad),
         "alignment": alignment,
     }
+    climb = replace(policy.alignment, threshold=policy.rules.climb_threshold,
+                    window=policy.rules.climb_window)  # fmt: skip
+    detectors["climb"] = _Climb(climb)
     n = policy.rules.early_stuck
     if n:
         early = replace(policy.divergence, window=n, blocks=min(10, n), stuck_after=n,
                         initial_points=1, rise=math.inf, nonfinite=False)  # fmt: skip
-        detectors["early_divergence"] = _EarlyStuck(early, alignment)
+        too_small = min(policy.alignment.threshold, policy.rules.climb_threshold)
+        detectors["early_divergence"] = _EarlyStuck(early, alignment, too_small)
     return detectors
 
 
@@ -243,29 +264,46 @@ class RunController:
         by_key = [self._routes.get(name, ()) for name in names]
         lr_key = names.index("lr") if "lr" in names else -1
         loss_key = names.index("loss") if "loss" in names else -1
+        # The latest step any detector of each series has seen: a point after it cannot
+        # restart anything, so it skips the per-detector step checks (the hot path).
+        tops = [max((d.last_step for d in dets if d.last_step is not None), default=-1)
+                for dets in by_key]  # fmt: skip
+        rules = self._rules
         out: list[Decision] = []
         for step, key, value in zip(steps, keys, values, strict=True):
             if key == lr_key:
                 if math.isfinite(value) and value > 0:
                     self._lr = float(value)
                 continue
-            found: list[Detection] = []
-            for det in by_key[key]:
-                last = det.last_step
-                if last is not None and step <= last:
-                    out.append(self._restart(step, names[key], last))
-                hit = det.update(step, value)
-                if hit is not None:
-                    found.append(hit)
+            dets = by_key[key]
+            found: list[Detection] | None = None
+            if step <= tops[key]:  # the run went back (a checkpoint): check every detector
+                found = []
+                for det in dets:
+                    last = det.last_step
+                    if last is not None and step <= last:
+                        out.append(self._restart(step, names[key], last))
+                        tops = [-1] * len(tops)
+                    hit = det.update(step, value)
+                    if hit is not None:
+                        found.append(hit)
+            else:
+                for det in dets:
+                    hit = det.update(step, value)
+                    if hit is not None:
+                        found = [hit] if found is None else [*found, hit]
+            if dets:
+                tops[key] = step
             if key == loss_key:
-                undo = self._rules.observe_loss(step, value, self._lr)
+                undo = rules.observe_loss(step, value, self._lr)
                 if undo is not None:
                     out.append(undo)
-            if len(found) > 1:
-                found.sort(key=priority)
-            for hit in found:
-                veto = self._veto(hit) if _vetoable(hit) else None
-                out.append(veto or self._rules.decide(hit, self._lr))
+            if found:
+                if len(found) > 1:
+                    found.sort(key=priority)
+                for hit in found:
+                    veto = self._veto(hit) if _vetoable(hit) else None
+                    out.append(veto or rules.decide(hit, self._lr))
         return out
 
     # -- inside

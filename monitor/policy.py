@@ -26,10 +26,16 @@ divergence cut it by ``cut_factor`` (the client also runs the user's hook for th
 ``increase_factor``, at most ``max_increases`` times, never without a known LR, and on
 probation: if within ``probation`` steps the run oscillates, spikes or diverges, or its loss
 level (median over ``probation`` steps) is worse than before the increase by more than
-``probation_tolerance``, the increase is undone and no more are tried. (Merely "no better"
-is not harm: at an LR far too small the loss barely moves in 100 steps, whatever its LR.)
-``lr_too_small`` evidence that arrives during a probation is kept and acted on the moment
-the probation passes. Increases come one probation apart, so an LR far too small climbs by
+``probation_tolerance``, the increase is undone; after an oscillation, spike or divergence no
+more are tried, after a first "worse" (which can be noise) none for ``4 * probation`` steps,
+after a second none at all. (Merely "no better" is not harm: at an LR far too small the loss
+barely moves in 100 steps, whatever its LR.) ``lr_too_small`` evidence that arrives during a
+probation, after the increase took effect, is kept and acted on the moment the probation
+passes; evidence from before it took effect was measured at the old LR and is dropped.
+``lr_too_small`` comes from the alignment detector (mean cosine beyond +0.1 over 100 points)
+and from a second test of the same cosine against ``climb_threshold`` over up to
+``climb_window`` points (monitor/control.py), for a weak but steady "too small".
+Increases come one probation apart, so an LR far too small climbs by
 ``increase_factor`` about every ``probation`` steps (x2 per 100 steps by default: three
 decades in ~1,000 steps) while every step of the climb has to keep showing it does no harm.
 
@@ -115,6 +121,11 @@ class PolicyConfig:
             level before by more than this fraction.
         follow_gain: a plateau or oscillation cut after which the loss level fell by at least
             this fraction is repeated (``follow``); 1 turns follow-through off.
+        climb_threshold: a second test of the cosine, for increases only: ``lr_too_small``
+            when its mean is significantly above this over up to ``climb_window`` points
+            (the alignment detector's ``alpha``); also the mean above which the early stuck
+            test keeps quiet. ``alignment.threshold`` leaves only the alignment test.
+        climb_window: the most cosines the climb test averages.
         early_stuck: after this many loss points (and again every as many), a loss no better
             than its very first point (the untrained net's) is a dead net, as a far too high
             LR leaves it, and gets a hard cut (kind ``divergence``, which rewinds), but only
@@ -139,6 +150,8 @@ class PolicyConfig:
     probation_tolerance: float = 0.02
     follow_gain: float = 0.05
     early_stuck: int = 100
+    climb_threshold: float = 0.02
+    climb_window: int = 400
 
     def __post_init__(self) -> None:
         if self.mode is not None:
@@ -163,6 +176,9 @@ class PolicyConfig:
         check_int("policy.probation", self.probation, low=10)
         check_real("policy.probation_tolerance", self.probation_tolerance, low=0.0)
         check_real("policy.follow_gain", self.follow_gain, low=0.0, high=1.0, low_open=True)
+        check_real("policy.climb_threshold", self.climb_threshold, low=0.0, high=1.0,
+                   high_open=True)  # fmt: skip
+        check_int("policy.climb_window", self.climb_window, low=10, high=100_000)
         if self.early_stuck != 0:
             check_int("policy.early_stuck", self.early_stuck, low=20)
 
@@ -229,6 +245,7 @@ class Policy:
         self._emergency_applied = -math.inf  # the step the last hard cut took effect at
         self._changes: deque[int] = deque()  # steps of recent changes (for the cap)
         self._increases = 0
+        self._undos = 0  # increases undone
         self._increase_blocked = ""  # why no more increases, once one failed
         self._probation: dict[str, Any] | None = None  # the increase being judged
         self._cut_trial: dict[str, Any] | None = None  # the reduction being judged
@@ -270,6 +287,8 @@ class Policy:
             self._emergency_applied = step
         if self._increase_unacked:
             self._increase_unacked = False  # the ack of our increase: probation times it
+            if self._deferred is not None and self._deferred.step < step:
+                self._deferred = None  # measured at the LR before the increase: stale
         else:
             self._hold_increase_until = max(self._hold_increase_until, step + self.config.cooldown)
         if self.pending is not None and self.pending.step <= step:
@@ -426,6 +445,8 @@ class Policy:
             return None, f"cooldown until step {self._hold_increase_until}"
         if lr is None:
             return None, "LR unknown: never increase blind"
+        if self._increase_unacked:  # the LR reported now may predate it: never stack two
+            return None, "the last increase has not taken effect yet"
         if lr >= c.max_lr * (1.0 - 1e-9):
             return None, f"bound: LR {lr:.3g} is at max_lr {c.max_lr:.3g}"
         if lr * c.increase_factor > c.max_lr:
@@ -518,7 +539,14 @@ class Policy:
     def _undo(self, step: int, reason: str, data: dict[str, Any], kind: str = "undo") -> Decision:
         """Go back to the LR before the increase; bypasses cooldown and cap (a known-good LR)."""
         trial = self._probation or {}
-        self._increase_blocked = self._increase_blocked or "an increase was undone"
+        self._undos += 1
+        if self._undos == 1 and kind == "undo":
+            # A loss worse by a few percent can be noise (a median over the first tens of
+            # points at a tiny LR): one such undo only holds increases back for a while.
+            hold = step + 4 * self.config.probation
+            self._hold_increase_until = max(self._hold_increase_until, hold)
+        else:
+            self._increase_blocked = self._increase_blocked or "an increase was undone twice"
         self._probation = None
         self._deferred = None
         lr_before = trial.get("lr_before")

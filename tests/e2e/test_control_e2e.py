@@ -33,6 +33,8 @@ def digits_run(opt_factory, steps: int, endpoint: str, control: str, run: str,
             mon.step(loss=loss)
             if between is not None:
                 between(step, mon)
+    with torch.no_grad():  # held out: the last 397 images, never trained on
+        mon.held_out_accuracy = (model(x[1400:]).argmax(1) == y[1400:]).float().mean().item()  # type: ignore[attr-defined]
     return mon
 
 
@@ -40,8 +42,11 @@ def test_far_too_high_lr_is_cut_and_a_good_lr_is_left_alone(tmp_path) -> None:
     with ThreadedController(tmp_path / "c.db") as c:
         bad = digits_run(lambda p: torch.optim.SGD(p, lr=1.0, momentum=0.9), 1300, c.endpoint,
                          "auto", "too-high")  # fmt: skip
-        good = digits_run(lambda p: torch.optim.Adam(p, lr=1e-3), 1300, c.endpoint, "auto",
+        # A good LR for digits Adam (bench/autocontrol.py: 3e-3 ends within 0.6 points of the best).
+        good = digits_run(lambda p: torch.optim.Adam(p, lr=3e-3), 1300, c.endpoint, "auto",
                           "good")  # fmt: skip
+        watched = digits_run(lambda p: torch.optim.Adam(p, lr=3e-3), 1300, c.endpoint, "off",
+                             "good-watched")  # fmt: skip
         store = Store(c.db, readonly=True)
         events = store.events(bad.run_id)
         kinds = {e.kind for e in events}
@@ -52,8 +57,14 @@ def test_far_too_high_lr_is_cut_and_a_good_lr_is_left_alone(tmp_path) -> None:
         ]
         applied = [cmd for cmd in store.commands(bad.run_id) if cmd.status == "applied"]
         assert applied and all(cmd.source == "auto" and cmd.reason for cmd in applied)
-        # A good LR: the loss keeps falling, nothing fires, the LR is untouched.
-        assert store.events(good.run_id) == [] and good.changes == [] and good.lrs == [1e-3]
+        # A good LR: no cut of any kind (the cosine may ask for a cautious increase, which
+        # probation undoes if it hurts), and the run ends no worse than left alone.
+        cuts = [e for e in store.events(good.run_id) if e.kind not in ("lr_too_small", "undo")]
+        assert cuts == [], [(e.step, e.kind, e.reason) for e in cuts]
+        assert good.held_out_accuracy >= watched.held_out_accuracy - 0.01, (
+            good.held_out_accuracy, watched.held_out_accuracy,
+            [(e.step, e.kind, e.reason) for e in store.events(good.run_id)],
+        )  # fmt: skip
 
 
 def test_advise_records_and_a_person_approves(tmp_path) -> None:

@@ -101,17 +101,21 @@ def test_increase_table(name, steps, lr0, loss, cos, rules, check) -> None:  # t
     assert check(decisions, lr), f"{name}: got LR {lr:.3g} after {decisions}"
 
 
-def test_an_increase_that_hurts_is_undone_and_ends_the_climb() -> None:
+def test_an_increase_that_hurts_is_undone_retried_once_then_ends_the_climb() -> None:
     # The cosine reads "too small", but at 2e-3 the loss level creeps up 5% (not a spike):
-    # the increase hurt, so it is undone when its probation ends.
+    # the increase hurt, so it is undone when its probation ends. One undo may be noise (a
+    # median over the first tens of points), so the increase is tried once more after
+    # 4 probations; a second undo ends the climb.
     def loss(s: int, lr: float) -> float:
         return 1.0 if lr < 1.5e-3 else 1.05
 
-    decisions, lr = replay(1500, 1e-3, loss, too_small_below(1.0), RunPolicy())
-    commands = [(k, c) for _, k, c in decisions if c is not None]
-    assert commands[:2] == [("lr_too_small", ("scale", 2.0)), ("undo", ("set", 1e-3))], commands
-    assert len(commands) == 2 and lr == 1e-3, "no increase after an undo"
-    blocked = [k for _, k, c in decisions[2:] if k == "lr_too_small"]
+    decisions, lr = replay(3000, 1e-3, loss, too_small_below(1.0), RunPolicy())
+    made = [(s, k, c) for s, k, c in decisions if c is not None]
+    up, undo = ("lr_too_small", ("scale", 2.0)), ("undo", ("set", 1e-3))
+    assert [(k, c) for _, k, c in made] == [up, undo, up, undo], made
+    assert made[2][0] >= made[1][0] + 400, f"retried too soon: {made}"
+    assert lr == 1e-3
+    blocked = [k for s, k, c in decisions if k == "lr_too_small" and s > made[3][0]]
     assert blocked, "the cosine keeps asking; the policy keeps saying no"
 
 
@@ -243,3 +247,23 @@ def test_a_reloaded_policy_keeps_the_early_check_reading_the_fed_cosine() -> Non
     assert any(d.kind == "divergence" and d.data.get("early") for d in found), found
     ctl.set_policy(RunPolicy(rules=PolicyConfig(increase_factor=1.0, early_stuck=0)))
     ctl.set_policy(RunPolicy(rules=PolicyConfig(increase_factor=1.0, early_stuck=100)))
+
+
+@pytest.mark.parametrize(
+    ("climb_threshold", "climbs"),
+    [(0.02, True), (0.1, False)],
+)  # fmt: skip
+def test_a_weak_but_steady_cosine_climbs_over_a_longer_window(climb_threshold, climbs) -> None:  # type: ignore[no-untyped-def]
+    # Adam on the noisy regression, recorded: the mean cosine is +0.03 to +0.06 while the LR
+    # is 10x too small, with a per-step spread of ~0.2. 100 points cannot show that above
+    # +0.1; up to 400 points show it above the climb threshold (+0.02).
+    def cos(s: int, lr: float) -> float:
+        return 0.06 if lr < 1e-3 else 0.0
+
+    rules = PolicyConfig(climb_threshold=climb_threshold)
+    decisions, lr = replay(3000, 1e-4, falling(), cos, RunPolicy(rules=rules))
+    ups = kinds(decisions).count("lr_too_small")
+    if climbs:
+        assert ups >= 3 and 8e-4 <= lr <= 2e-3, f"got LR {lr:.3g} after {decisions}"
+    else:
+        assert ups == 0 and lr <= 1e-4, f"got LR {lr:.3g} after {decisions}"

@@ -145,10 +145,18 @@ def test_increase_undone_when_the_loss_is_no_better() -> None:
     p = auto(cooldown=0, probation=100, increase_factor=1.5)
     feed_losses(p, 0, 100, lambda s: 1.0)
     assert p.decide(det(100, "lr_too_small"), 0.1).command == ("scale", 1.5)
+    p.changed(101)  # the run's ack
     undo = feed_losses(p, 100, 300, lambda s: 1.2)
     assert len(undo) == 1, undo
     assert undo[0].kind == "undo" and undo[0].command == ("set", 0.1) and undo[0].step == 200
-    blocked = p.decide(det(400, "lr_too_small"), 0.1)
+    held = p.decide(det(400, "lr_too_small"), 0.1)
+    assert held.command is None and held.why_not == "cooldown until step 600", held
+    assert feed_losses(p, 300, 600, lambda s: 1.0) == []
+    again = p.decide(det(600, "lr_too_small"), 0.1)
+    assert again.command == ("scale", 1.5), "one undo holds increases back, not forever"
+    undo = feed_losses(p, 600, 800, lambda s: 1.2)
+    assert [d.kind for d in undo] == ["undo"], undo
+    blocked = p.decide(det(900, "lr_too_small"), 0.1)
     assert blocked.command is None and "no more increases" in blocked.why_not
 
 
@@ -186,3 +194,33 @@ def test_a_divergence_after_the_hard_cut_took_effect_cuts_again() -> None:
             p.changed(applied)
         got = p.decide(det(step, kind), 1.0).command
         assert got == expected, f"wrong at row {i}: expected {expected}, got {got}"
+
+
+@pytest.mark.parametrize(("seen_at", "acted"), [(110, False), (130, True)])
+def test_too_small_evidence_from_before_the_increase_took_effect_is_dropped(seen_at, acted) -> None:  # type: ignore[no-untyped-def]
+    # An increase decided at 100 takes effect at 120. Evidence the detectors gave at 110 was
+    # measured at the old LR; only evidence from 120 on is about the new one.
+    p = auto(cooldown=0, probation=100)
+    feed_losses(p, 0, 100, lambda s: 2.0 - 0.001 * s)
+    assert p.decide(det(100, "lr_too_small"), 0.1).command == ("scale", 2.0)
+    if seen_at < 120:
+        assert "on probation" in p.decide(det(seen_at, "lr_too_small"), 0.1).why_not
+    p.changed(120)
+    if seen_at >= 120:
+        assert "on probation" in p.decide(det(seen_at, "lr_too_small"), 0.2).why_not
+    ups = [d for s in range(100, 300) if (d := p.observe_loss(s, 2.0 - 0.001 * s, 0.2)) is not None]
+    assert [d.kind for d in ups] == (["lr_too_small"] if acted else []), ups
+
+
+def test_no_increase_stacks_on_one_not_yet_applied() -> None:
+    # The LR a run reports lags the commands: a second x2 decided on the old LR before the
+    # first one's ack would double twice and could pass max_lr.
+    p = auto(cooldown=0, probation=10, max_lr=0.3)
+    feed_losses(p, 0, 100, lambda s: 1.0)
+    assert p.decide(det(100, "lr_too_small"), 0.1).command == ("scale", 2.0)
+    feed_losses(p, 100, 120, lambda s: 0.9)
+    early = p.decide(det(120, "lr_too_small"), 0.1)
+    assert early.command is None and early.why_not == "the last increase has not taken effect yet"
+    p.changed(121)
+    feed_losses(p, 120, 140, lambda s: 0.8)
+    assert p.decide(det(140, "lr_too_small"), 0.2).command == ("set", 0.3)

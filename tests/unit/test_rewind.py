@@ -168,3 +168,36 @@ def test_monitor_restores_the_newer_snapshot_on_a_spike() -> None:
     cut(mon, t, "spike")  # snapshots at 50 and 100; 100 is two flushes (20 steps) before 130
     mon.step(loss=5.0)
     assert t.acks[-1].rewind_step == 100
+
+
+@pytest.mark.parametrize(
+    ("spike_at", "expected", "kept"),
+    [(300, 0, [0]), (441, 0, [0, 400]), (630, 400, [400, 600])],
+)  # fmt: skip
+def test_a_spike_soon_after_a_rewind_restores_the_older_snapshot(spike_at, expected, kept) -> None:  # type: ignore[no-untyped-def]
+    # Digits SGD at lr 10, recorded: a divergence cut rewound to step 0 at step 222, then a
+    # spike at 441 took the step-400 snapshot, already damaged, and the net died. Within
+    # 2 * every steps of a rewind a spike goes back to the older snapshot (step 0) instead;
+    # later it takes the newest one old enough again (630: 400, not 600).
+    model, opt = make()
+    rw = Rewinder(model, opt, every=200)
+    for step in range(0, 223):
+        rw.maybe_snapshot(step)
+    assert rw.restore() == 0  # the divergence rewind, at step 222
+    for step in range(223, spike_at + 1):
+        rw.maybe_snapshot(step)
+    assert [s.step for s in rw.snapshots] == kept
+    assert rw.restore(spike_at, margin=40) == expected, f"spike at {spike_at}"
+
+
+def test_a_spike_after_a_spike_rewind_takes_the_newest_snapshot_old_enough() -> None:
+    model, opt = make()
+    rw = Rewinder(model, opt, every=200)
+    for step in range(0, 1213):
+        rw.maybe_snapshot(step)
+    assert rw.restore(1212, margin=40) == 1000
+    for step in range(1213, 1500):
+        rw.maybe_snapshot(step)
+    assert rw.restore(1480, margin=40) == 1400, (
+        "a spike rewind does not arm the older-snapshot rule"
+    )
