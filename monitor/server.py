@@ -1,10 +1,16 @@
 """The controller: one ZeroMQ ROUTER socket, one SQLite store, one thread.
 
 Clients (training runs) say Hello, stream Metrics batches and answer Commands; the CLI and
-the dashboard send Requests on the same socket. Each loop turn drains what has arrived,
-commits every metrics batch in one transaction, then acknowledges them, so an ack always
-means "on disk". Committed batches feed each run's :class:`RunController`, whose decisions
-become events and, in auto mode, LR commands.
+the dashboard send Requests on the same socket. Each loop turn reads everything that has
+arrived, answering requests, command acks, heartbeats and hellos at once and queueing
+metrics; then it commits at most ``_COMMIT_POINTS`` queued points in one transaction and
+acknowledges them, so an ack always means "on disk" and a request never waits behind more
+than one such commit. Committed batches feed each run's :class:`RunController` through a
+detection backend (:mod:`.detection`; by default a child process on another core), whose
+decisions come back in order and become events and, in auto mode, LR commands.
+
+Per-run state in memory is bounded: finished and long-silent runs are forgotten (the store
+keeps everything), and at most ``_MAX_SESSIONS`` runs are held.
 
 Anything that does not decode, or does not fit the run it claims, is counted by reason and
 dropped; it never stops the loop.
@@ -45,7 +51,8 @@ from ..client.protocol import (
     decode,
     encode,
 )
-from .control import Decision, RunController
+from .control import Decision
+from .detection import Detection, InlineDetection, WorkerDetection
 from .errors import (
     ControllerError,
     LrpilotError,
@@ -54,6 +61,7 @@ from .errors import (
     StoreError,
     UnknownRun,
 )
+from .policy import RunPolicy
 from .policy_file import DEFAULT_POLICY, PolicyFile, PolicyFileError, PolicyWatcher
 from .store import Store
 
@@ -61,11 +69,24 @@ __all__ = ["Controller", "ControllerStats"]
 
 log = logging.getLogger("lrpilot.controller")
 
-#: A loop turn stops reading after this many messages, points or seconds, then commits and
-#: answers: that bounds how long an ack or a request waits behind a flood of metrics.
-_DRAIN_LIMIT = 2000
-_TURN_POINTS = 20_000
-_TURN_SECONDS = 0.05
+#: A turn reads at most this many messages before it commits.
+_DRAIN_LIMIT = 5000
+#: Points per commit: a request read during a commit waits for it (~15 ms for 10,000 points
+#: here), and bigger commits store faster (each rewrites every leaf page it touched).
+_COMMIT_POINTS = 10_000
+#: Points read but not yet committed; metrics beyond it are dropped unacknowledged (counted
+#: as "overloaded"; their clients resend). Well-behaved clients never get near it: each
+#: keeps a bounded window of unacknowledged batches.
+_PENDING_POINTS = 250_000
+#: Points committed but not yet through detection; commits wait beyond it, so detection
+#: sees every point and its backlog (memory, the delay of automatic commands) stays bounded.
+_DETECT_BACKLOG = 60_000
+#: Runs held in memory at most; beyond it the longest silent are forgotten first.
+_MAX_SESSIONS = 1024
+#: A finished run, or one silent this many times ``stale_after``, is forgotten after
+#: ``_FORGET_AFTER`` seconds (at least): it says Hello again if it comes back.
+_FORGET_AFTER = 60.0
+_STALE_FACTOR = 4
 #: Longest error text sent back (a reply must stay within the protocol's bounds).
 _MAX_ERROR = 500
 
@@ -77,10 +98,17 @@ class _Session:
     run_id: str
     name: str
     identity: bytes
-    control: RunController
+    requested: str  # the control mode the run asked for
+    policy: RunPolicy
     last_heard: float
+    paused: bool = False  # a manual override; mirrors the run's RunController
     finished: bool = False
     needs_resend: bool = False  # a commit of its batches failed: ask for them again
+
+    @property
+    def mode(self) -> str:
+        """The mode in force (the policy's override, else what the run asked for)."""
+        return self.policy.rules.mode or self.requested
 
 
 @dataclass
@@ -126,6 +154,8 @@ class Controller:
             save keeps the last good policy.
         keys: a directory from ``lrpilot keys``: clients must then authenticate with ZMQ
             CURVE (a key in ``authorized/``); required to listen off loopback.
+        detect: ``"process"`` runs detection in a child process, on another core (falls
+            back to ``"inline"``, in the loop's thread, if the child cannot start).
 
     Raises:
         ServeError: on :meth:`bind`, if the endpoint is malformed, not loopback, in use, or
@@ -141,7 +171,11 @@ class Controller:
         control_defaults: dict[str, Any] | None = None,
         policy: str | Path | None = None,
         keys: str | Path | None = None,
+        detect: str = "process",
     ) -> None:
+        if detect not in ("process", "inline"):
+            raise ValueError(f"detect must be 'process' or 'inline', got {detect!r}")
+        self.detect = detect
         try:
             self.listen = check_endpoint(listen)
         except ValueError as exc:
@@ -171,6 +205,11 @@ class Controller:
         self._ctx: zmq.Context | None = None
         self._auth: Any = None
         self._last_warned: dict[str, float] = {}
+        self._detection: Detection = InlineDetection(self.control_defaults)
+        self._pending: deque[tuple[bytes, Metrics, list[bytes]]] = deque()
+        self._pending_points = 0
+        self._poller = zmq.Poller()
+        self._next_sweep = 0.0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -229,6 +268,9 @@ class Controller:
             raise ServeError(f"cannot listen on {self.listen}: {exc}") from None
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._poller.register(sock, zmq.POLLIN)
+        if self.detect == "process":
+            self._start_worker()
         if self._watcher is not None:
             self._watcher.start()  # now, so no save between bind and serve goes unseen
         return self.endpoint
@@ -254,7 +296,35 @@ class Controller:
         sock.curve_publickey = public
         sock.curve_secretkey = secret
 
+    def _start_worker(self) -> None:
+        assert self._ctx is not None
+        try:
+            worker = WorkerDetection(self._ctx, self.control_defaults)
+        except OSError as exc:
+            log.warning("detection runs in the receive loop: no child process (%s)", exc)
+            return
+        self._detection = worker
+        assert worker.socket is not None
+        self._poller.register(worker.socket, zmq.POLLIN)
+
+    def _check_worker(self) -> None:
+        """A dead detection process is replaced by inline detection (detectors restart)."""
+        worker = self._detection
+        if not isinstance(worker, WorkerDetection) or worker.alive:
+            return
+        self._guarded(self._record_results)
+        log.error("the detection process died; detecting in the receive loop from now on")
+        if worker.socket is not None:
+            self._poller.unregister(worker.socket)
+        worker.close()
+        self._detection = InlineDetection(self.control_defaults)
+        for session in self._sessions.values():
+            self._detection.open(session.run_id, session.requested, session.policy)
+            if session.paused:
+                self._detection.pause(session.run_id)
+
     def _close_context(self) -> None:
+        self._detection.close()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -309,27 +379,38 @@ class Controller:
         self.policy = policy
         for session in self._sessions.values():
             if not session.finished:
-                session.control.set_policy(policy.for_run(session.name))
+                session.policy = policy.for_run(session.name)
+                self._detection.set_policy(session.run_id, session.policy)
+        self._detection.flush()
         log.info("policy reloaded from %s; applied to %d live run(s)", self.policy_path,
                  sum(not s.finished for s in self._sessions.values()))  # fmt: skip
 
     # ---------------------------------------------------------------- one turn
 
     def _turn(self, timeout_ms: int) -> None:
+        busy = bool(self._pending) and self._detection.backlog < _DETECT_BACKLOG
+        ready = dict(self._poller.poll(0 if busy else timeout_ms))
+        if self._sock in ready:
+            self._read()
+        self._guarded(self._record_results)
+        self._guarded(self._commit_next)
+        self._detection.flush()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            self._check_worker()
+            self._guarded(self._forget_runs)
+
+    def _read(self) -> None:
+        """Read what has arrived: answer everything but metrics now, queue metrics."""
         sock = self._sock
         assert sock is not None
-        if not sock.poll(timeout_ms):
-            return
-        pending: list[tuple[bytes, Metrics]] = []
-        points = 0
-        deadline = time.monotonic() + _TURN_SECONDS
         for _ in range(_DRAIN_LIMIT):
-            if points >= _TURN_POINTS or time.monotonic() > deadline:
-                break
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
-                break
+                return
+            received = time.time()
             self.stats.messages += 1
             if len(frames) < 2:
                 self._reject("no routing frame")
@@ -341,14 +422,30 @@ class Controller:
                 self._reject("undecodable", str(exc))
                 continue
             if isinstance(msg, Metrics):
-                pending.append((identity, msg))
-                points += len(msg.steps)
+                if self._pending_points >= _PENDING_POINTS:
+                    self._reject("overloaded")  # unacknowledged: the client resends it
+                    continue
+                self._pending.append((identity, msg, body))
+                self._pending_points += len(msg.steps)
                 continue
             if isinstance(msg, Bye):  # commit what came before it first
-                self._guarded(self._commit, pending)
-                pending = []
-            self._guarded(self._dispatch, identity, msg)
-        self._guarded(self._commit, pending)
+                while self._pending:
+                    self._guarded(self._commit_next, True)
+            self._guarded(self._dispatch, identity, msg, received)
+
+    def _commit_next(self, now: bool = False) -> None:
+        """Commit the oldest queued batches, up to ``_COMMIT_POINTS`` points, unless
+        detection is too far behind (``now``: even then)."""
+        if not self._pending or (self._detection.backlog >= _DETECT_BACKLOG and not now):
+            return
+        batch: list[tuple[bytes, Metrics, list[bytes]]] = []
+        points = 0
+        while self._pending and (not batch or points < _COMMIT_POINTS):
+            item = self._pending.popleft()
+            batch.append(item)
+            points += len(item[1].steps)
+        self._pending_points -= points
+        self._commit(batch)
 
     def _guarded(self, fn: Any, *args: Any) -> None:
         """Run one message's handling; a failure is counted and logged, never fatal: one bad
@@ -379,7 +476,7 @@ class Controller:
         except zmq.ZMQError:  # peer gone (ROUTER_MANDATORY) or its queue is full
             return False
 
-    def _dispatch(self, identity: bytes, msg: Any) -> None:
+    def _dispatch(self, identity: bytes, msg: Any, received: float | None = None) -> None:
         assert self.store is not None
         if isinstance(msg, Hello):
             self._on_hello(identity, msg)
@@ -402,7 +499,7 @@ class Controller:
             seq = self.store.committed_seq(msg.run_id)
             self._send(identity, BatchAck(run_id=msg.run_id, seq=seq, resend=session.needs_resend))
         elif isinstance(msg, CommandAck):
-            self._on_command_ack(session, msg)
+            self._on_command_ack(session, msg, received)
         elif isinstance(msg, Bye):
             self.store.finish_run(session.run_id)
             self.store.cancel_pending_commands(session.run_id, "the run finished first")
@@ -429,18 +526,18 @@ class Controller:
             self._reject("store error", str(exc))
             return
         if session is None:
-            control = RunController(
-                hello.control, policy=self.policy.for_run(hello.run), **self.control_defaults
-            )
+            if len(self._sessions) >= _MAX_SESSIONS:
+                self._forget_runs(room=1)
             session = _Session(
-                run_id=hello.run_id, name=hello.run, identity=identity, control=control,
-                last_heard=time.time(),
+                run_id=hello.run_id, name=hello.run, identity=identity, requested=hello.control,
+                policy=self.policy.for_run(hello.run), last_heard=time.time(),
             )  # fmt: skip
+            self._detection.open(session.run_id, session.requested, session.policy)
             self._sessions[hello.run_id] = session
-            log.info("run %s (%s) connected, control=%s", hello.run, hello.run_id, control.mode)
+            log.info("run %s (%s) connected, control=%s", hello.run, hello.run_id, session.mode)
         # open_run stored what the run asked for; store what is in force (a policy file's
         # override, or a pause that outlived a reconnect).
-        state = "paused" if session.control.paused else session.control.mode
+        state = "paused" if session.paused else session.mode
         if state != hello.control:
             self.store.set_control(hello.run_id, state)
         session.identity = identity
@@ -450,48 +547,62 @@ class Controller:
         for cmd in self.store.pending_commands(hello.run_id):  # e.g. sent before a restart
             self._send_command(session, cmd.id, cmd.action, cmd.value, cmd.source, cmd.reason)
 
-    def _commit(self, pending: list[tuple[bytes, Metrics]]) -> None:
+    def _commit(self, pending: list[tuple[bytes, Metrics, list[bytes]]]) -> None:
         if not pending:
             return
         assert self.store is not None
-        accepted: list[tuple[bytes, Metrics]] = []
-        for identity, batch in pending:
+        accepted: list[tuple[bytes, Metrics, list[bytes]]] = []
+        now = time.time()
+        for identity, batch, frames in pending:
             session = self._sessions.get(batch.run_id)
             if session is None or session.identity != identity:
                 self._reject("unknown run or wrong peer")
                 self._send(identity, Rehello(run_id=batch.run_id))
                 continue
-            accepted.append((identity, batch))
+            session.last_heard = now
+            accepted.append((identity, batch, frames))
         if not accepted:
             return
         try:
-            results = self.store.write_batches([b for _, b in accepted])
+            results = self.store.write_batches([b for _, b, _ in accepted])
         except (StoreError, UnknownRun) as exc:
             self._reject("store error", str(exc))
-            for _, batch in accepted:  # unacknowledged: the clients keep them and resend
+            for _, batch, _ in accepted:  # unacknowledged: the clients keep them and resend
                 self._sessions[batch.run_id].needs_resend = True
             return
         acks: dict[str, tuple[bytes, bool]] = {}
-        for (identity, batch), result in zip(accepted, results, strict=True):
+        seqs: dict[str, int] = {}
+        detection = self._detection
+        for (identity, batch, frames), result in zip(accepted, results, strict=True):
             gap = result == "gap"
             prev = acks.get(batch.run_id)
             acks[batch.run_id] = (identity, gap or (prev is not None and prev[1]))
             if result == "written":
                 self.stats.batches += 1
                 self.stats.points += len(batch.steps)
-                self._observe(self._sessions[batch.run_id], batch)
+                seqs[batch.run_id] = batch.seq
+                detection.observe(batch.run_id, batch, frames)
             elif result == "duplicate":
                 self.stats.duplicates += 1
         for run_id, (identity, gap) in acks.items():
-            seq = self.store.committed_seq(run_id)
+            seq = seqs.get(run_id)
+            if seq is None:  # nothing of it written in this commit
+                seq = self.store.committed_seq(run_id)
             self._sessions[run_id].needs_resend = False
             self._send(identity, BatchAck(run_id=run_id, seq=seq, resend=gap))
 
     # ---------------------------------------------------------------- control
 
-    def _observe(self, session: _Session, batch: Metrics) -> None:
-        for decision in session.control.observe(batch.steps, batch.names, batch.keys, batch.values):
-            self._record_decision(session, decision)
+    def _record_results(self) -> None:
+        """Record the decisions detection has made since the last call, in order."""
+        for run_id, decision in self._detection.results():
+            session = self._sessions.get(run_id)
+            if session is None:  # forgotten since: keep the event, send nothing
+                assert self.store is not None
+                self.store.add_event(run_id, decision.step, decision.kind, decision.reason,
+                                     dict(decision.data))  # fmt: skip
+                continue
+            self._guarded(self._record_decision, session, decision)
 
     def _record_decision(self, session: _Session, d: Decision, source: str = "auto") -> None:
         assert self.store is not None
@@ -513,6 +624,9 @@ class Controller:
             lrs_before=run.lrs,
         )  # fmt: skip
         log.info("run %s step %d: %s -> %s %g", session.name, d.step, d.reason, action, value)
+        if session.finished:  # it said bye before detection caught up with its last points
+            self.store.cancel_pending_commands(session.run_id, "the run finished first")
+            return
         self._send_command(session, cid, action, value, source, d.reason, trigger=d.kind)
 
     def _send_command(
@@ -528,11 +642,13 @@ class Controller:
             self.stats.commands_sent += 1
             self.store.mark_command_sent(cid)
 
-    def _on_command_ack(self, session: _Session, ack: CommandAck) -> None:
+    def _on_command_ack(
+        self, session: _Session, ack: CommandAck, received: float | None = None
+    ) -> None:
         assert self.store is not None
         if not self.store.mark_command_done(
             ack.command_id, run_id=session.run_id, step=ack.step, lrs=ack.lrs, ok=ack.ok,
-            error=ack.error,
+            error=ack.error, now=received,
         ):  # fmt: skip
             try:
                 known = self.store.command(ack.command_id).run_id == session.run_id
@@ -542,7 +658,7 @@ class Controller:
                 self._reject("ack for unknown command")
             return
         if ack.ok:
-            session.control.lr_changed(ack.step)
+            self._detection.lr_changed(session.run_id, ack.step)
         if ack.rewind_step is not None:
             cmd = self.store.command(ack.command_id)
             before = ", ".join(f"{x:.3g}" for x in cmd.lrs_before or [])
@@ -580,12 +696,43 @@ class Controller:
             raise ControllerError(
                 f"run {record.name!r} ({record.id}) has finished; its LR can no longer change"
             )
+        if record.status == "stale":
+            age = time.time() - record.last_seen
+            raise ControllerError(
+                f"run {record.name!r} ({record.id}) is stale: nothing heard from it for "
+                f"{age:.0f} s (its process may have died); its LR can change again once it "
+                "reconnects"
+            )
         if session is None:
             raise ControllerError(
                 f"run {record.name!r} ({record.id}) is not connected to this controller "
                 f"(status {record.status}); it reconnects by itself if it is still training"
             )
         return session
+
+    def _forget_runs(self, room: int = 0) -> None:
+        """Forget the in-memory state of finished and long-silent runs (the store keeps
+        everything); with ``room``, also the longest silent until that many slots are free."""
+        now = time.time()
+        silent = max(_FORGET_AFTER, _STALE_FACTOR * self.stale_after)
+        gone = [
+            s.run_id for s in self._sessions.values()
+            if now - s.last_heard > (_FORGET_AFTER if s.finished else silent)
+        ]  # fmt: skip
+        excess = len(self._sessions) - len(gone) + room - _MAX_SESSIONS
+        if excess > 0:
+            keep = sorted(
+                (s for s in self._sessions.values() if s.run_id not in set(gone)),
+                key=lambda s: (not s.finished, s.last_heard),
+            )
+            gone += [s.run_id for s in keep[:excess]]
+        for run_id in gone:
+            del self._sessions[run_id]
+            self._detection.drop(run_id)
+            if self.store is not None:
+                self.store.forget(run_id)
+        if gone:
+            log.info("forgot the in-memory state of %d finished or silent run(s)", len(gone))
 
     def _op_ping(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "db": str(self.db_path.resolve()), "pid": os.getpid()}
@@ -623,8 +770,9 @@ class Controller:
             session.run_id, action, value, source="manual", who=str(who), reason=reason,
             lrs_before=record.lrs,
         )  # fmt: skip
-        if session.control.mode == "auto" and not session.control.paused:
-            session.control.pause()
+        if session.mode == "auto" and not session.paused:
+            session.paused = True
+            self._detection.pause(session.run_id)
             self.store.set_control(session.run_id, "paused")
             self.store.add_event(
                 session.run_id, max(record.last_step, 0), "paused",
@@ -636,7 +784,8 @@ class Controller:
     def _op_pause(self, run: str) -> dict[str, Any]:
         assert self.store is not None
         session = self._live_run(run)
-        session.control.pause()
+        session.paused = True
+        self._detection.pause(session.run_id)
         self.store.set_control(session.run_id, "paused")
         record = self.store.run(session.run_id)
         self.store.add_event(
@@ -647,7 +796,13 @@ class Controller:
     def _op_approve(self, run: str, who: str = "cli") -> dict[str, Any]:
         assert self.store is not None
         session = self._live_run(run)
-        decision = session.control.approve()
+        try:
+            decision = self._detection.approve(session.run_id)
+        except TimeoutError:
+            raise ControllerError(
+                f"detection is busy; nothing approved for run {session.name!r}, try again"
+            ) from None
+        self._record_results()  # what detection decided before the approval comes first
         if decision is None or decision.command is None:
             raise ControllerError(
                 f"run {session.name!r} has no advised LR change awaiting approval "
@@ -662,13 +817,14 @@ class Controller:
     def _op_resume(self, run: str) -> dict[str, Any]:
         assert self.store is not None
         session = self._live_run(run)
-        session.control.resume()
-        self.store.set_control(session.run_id, session.control.mode)
+        session.paused = False
+        self._detection.resume(session.run_id)
+        self.store.set_control(session.run_id, session.mode)
         record = self.store.run(session.run_id)
         self.store.add_event(
             session.run_id, max(record.last_step, 0), "resumed", "automatic control resumed"
         )
-        return {"run_id": session.run_id, "control": session.control.mode}
+        return {"run_id": session.run_id, "control": session.mode}
 
     def _op_status(self) -> dict[str, Any]:
         assert self.store is not None
@@ -683,4 +839,5 @@ class Controller:
             "points_per_s": self.stats.points / elapsed, "batches": self.stats.batches,
             "duplicates": self.stats.duplicates, "rejected": dict(self.stats.rejected),
             "live_runs": live, "commands_sent": self.stats.commands_sent,
+            "runs_in_memory": len(self._sessions), "detection_backlog": self._detection.backlog,
         }  # fmt: skip

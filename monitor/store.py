@@ -36,6 +36,10 @@ _MIGRATIONS = {
 }
 #: A live run that has sent nothing for this long is shown as stale.
 DEFAULT_STALE_AFTER = 15.0
+#: The writer's page cache (KiB) and WAL pages between automatic checkpoints.
+_CACHE_KIB = 16_384
+_CHECKPOINT_PAGES = 10_000
+_INSERT_POINTS = "INSERT OR REPLACE INTO points (series, step, value) VALUES (?,?,?)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -184,7 +188,7 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly
         self.stale_after = stale_after
-        self._series: dict[tuple[str, str], int] = {}
+        self._series: dict[str, dict[str, int]] = {}  # run id -> series name -> id
         try:
             if readonly:
                 if not self.path.exists():
@@ -196,6 +200,11 @@ class Store:
                 self._conn = sqlite3.connect(str(self.path), check_same_thread=False)
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
+                # Points of many runs land on many B-tree leaves at once: a page cache that
+                # holds them, and a checkpoint every ~40 MB of WAL rather than every 4 MB,
+                # make bulk inserts about 2x faster (bench/ingest.py, 100 runs).
+                self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -296,13 +305,20 @@ class Store:
         return int(row[0])
 
     def _series_id(self, c: sqlite3.Connection, run_id: str, name: str) -> int:
-        key = (run_id, name)
-        sid = self._series.get(key)
+        known = self._series.get(run_id)
+        if known is None:
+            known = self._series[run_id] = {}
+        sid = known.get(name)
         if sid is None:
+            key = (run_id, name)
             c.execute("INSERT OR IGNORE INTO series (run_id, name) VALUES (?,?)", key)
             sid = c.execute("SELECT id FROM series WHERE run_id=? AND name=?", key).fetchone()[0]
-            self._series[key] = sid
+            known[name] = sid
         return sid
+
+    def forget(self, run_id: str) -> None:
+        """Drop the run's cached series ids (memory only; a later write looks them up)."""
+        self._series.pop(run_id, None)
 
     def write_batches(self, batches: Sequence[Any], now: float | None = None) -> list[str]:
         """Commit metrics batches (protocol ``Metrics``) in one transaction.
@@ -310,9 +326,15 @@ class Store:
         Returns, per batch, ``"written"``; ``"duplicate"`` for a resend at or below the run's
         committed sequence (skipped); or ``"gap"`` when an earlier batch the client still holds
         is missing (skipped: the client must resend from the committed sequence on).
+
+        The points of every written batch go to SQLite in one ``executemany`` and each run's
+        row is updated once, however many of its batches the call carries.
         """
         now = time.time() if now is None else now
         written: list[str] = []
+        rows: list[tuple[int, int, float]] = []
+        # run id -> [last_seq, points, dropped, last_step, last_loss, lrs] of its written batches
+        runs: dict[str, list[Any]] = {}
         with self._transaction() as c:
             seqs: dict[str, int] = {}
             for b in batches:
@@ -321,8 +343,7 @@ class Store:
                     row = c.execute("SELECT last_seq FROM runs WHERE id=?", (b.run_id,)).fetchone()
                     if row is None:
                         raise UnknownRun(f"unknown run id {b.run_id!r}")
-                    last = int(row[0])
-                seqs[b.run_id] = last
+                    last = seqs[b.run_id] = int(row[0])
                 if b.seq <= last:
                     written.append("duplicate")
                     continue
@@ -330,19 +351,28 @@ class Store:
                     written.append("gap")
                     continue
                 ids = [self._series_id(c, b.run_id, n) for n in b.names]
-                c.executemany(
-                    "INSERT OR REPLACE INTO points (series, step, value) VALUES (?,?,?)",
-                    zip([ids[k] for k in b.keys], b.steps, b.values, strict=True),
-                )
+                rows += zip([ids[k] for k in b.keys], b.steps, b.values, strict=True)
                 last_step, last_loss, lrs = self._summary(b)
-                c.execute(
-                    "UPDATE runs SET last_seq=?, last_seen=?, points=points+?, dropped=?,"
-                    " last_step=MAX(last_step, ?), last_loss=COALESCE(?, last_loss),"
-                    " lrs=COALESCE(?, lrs) WHERE id=?",
-                    (b.seq, now, len(b.steps), b.dropped, last_step, last_loss, lrs, b.run_id),
-                )
+                run = runs.get(b.run_id)
+                if run is None:
+                    runs[b.run_id] = [b.seq, len(b.steps), b.dropped, last_step, last_loss, lrs]
+                else:
+                    run[0] = b.seq
+                    run[1] += len(b.steps)
+                    run[2] = b.dropped
+                    run[3] = max(run[3], last_step)
+                    run[4] = run[4] if last_loss is None else last_loss
+                    run[5] = run[5] if lrs is None else lrs
                 seqs[b.run_id] = b.seq
                 written.append("written")
+            c.executemany(_INSERT_POINTS, rows)
+            c.executemany(
+                "UPDATE runs SET last_seq=?, last_seen=?, points=points+?, dropped=?,"
+                " last_step=MAX(last_step, ?), last_loss=COALESCE(?, last_loss),"
+                " lrs=COALESCE(?, lrs) WHERE id=?",
+                [(seq, now, n, dropped, step, loss, lrs, run_id)
+                 for run_id, (seq, n, dropped, step, loss, lrs) in runs.items()],
+            )  # fmt: skip
         return written
 
     @staticmethod

@@ -485,3 +485,35 @@ def test_a_peer_cannot_take_over_another_runs_id(
     counts = step_counts(controller.db, streamer.run_id)
     assert report.acked_points == 2 * streamer.steps
     assert all(counts.get(s) == 2 for s in range(streamer.steps))
+
+
+def test_lr_requests_for_a_stale_or_finished_run_are_refused(tmp_path: Path) -> None:
+    """A run that went silent (its process died) or said bye: set_lr, scale_lr, pause and
+    approve each get one clear error line, and no command is left pending."""
+    ctx = zmq.Context()
+    with ThreadedController(tmp_path / "stale.db", stale_after=0.5) as c:
+        client = ControllerClient(c.endpoint, timeout=5)
+        runs = {}
+        try:
+            for name in ("silent", "done"):
+                atk = Attacker(c.endpoint, ctx)
+                run_id = uuid.uuid4().hex[:12]
+                atk.send(p.encode(p.Hello(run_id=run_id, run=name, lrs=[0.1], control="auto")))
+                wait_for(lambda a=atk: (a.drain(50), bool(a.received))[1], what="a welcome")
+                runs[name] = (atk, run_id)
+            atk, run_id = runs["done"]
+            atk.send(p.encode(p.Bye(run_id=run_id, last_seq=0)))
+            wait_for(lambda: {r["name"]: r["status"] for r in client.request("runs")}
+                     == {"silent": "stale", "done": "finished"}, what="staleness")  # fmt: skip
+            for name, word in (("silent", "is stale"), ("done", "has finished")):
+                for op, args in (("set_lr", {"value": 0.01}), ("scale_lr", {"factor": 0.5}),
+                                 ("pause", {}), ("approve", {})):  # fmt: skip
+                    with pytest.raises(ControllerError, match=word) as err:
+                        client.request(op, run=name, **args)
+                    assert "\n" not in str(err.value)
+            assert client.request("history", run="silent") == []
+            assert client.request("history", run="done") == []
+        finally:
+            for atk, _ in runs.values():
+                atk.close()
+            ctx.term()

@@ -106,3 +106,29 @@ def test_noisy_descent_then_zigzag_then_blowup_end_to_end() -> None:
     assert kinds[0] == ("oscillation", True) and 1500 < out[0].step <= 1700, out[:2]
     assert kinds[-1] == ("divergence", True) and out[-1].step == 3000
     assert all(d.step >= 1500 for d in out), "nothing may fire during the clean descent"
+
+
+def test_a_batch_decides_as_its_points_fed_one_at_a_time() -> None:
+    """observe() skips per-detector step checks while steps move forward; the decisions,
+    restarts mid-batch included, are those of feeding every point in its own batch."""
+    rng = random.Random(3)
+    steps = list(range(600)) + list(range(300, 900))  # back to step 300: a checkpoint
+    points = [(s, 2.0 + rng.gauss(0, 0.05) if s < 500 else 0.5 + rng.gauss(0, 0.4))
+              for s in steps]  # fmt: skip
+
+    def wire(chunk: list[tuple[int, float]]) -> tuple[list, list, list, list]:
+        steps = [s for s, _ in chunk for _ in range(3)]
+        values = [x for s, v in chunk for x in (v, 0.1, 1.0 + s % 3)]
+        return steps, ["loss", "lr", "grad_norm"], [0, 1, 2] * len(chunk), values
+
+    def run(size: int) -> list[Decision]:
+        ctl = RunController("auto", patience=40)
+        out = []
+        for i in range(0, len(points), size):
+            out += ctl.observe(*wire(points[i : i + size]))
+        return out
+
+    one_by_one = run(1)
+    assert any(d.kind == "restart" for d in one_by_one)
+    for size in (7, 20, 1200):
+        assert run(size) == one_by_one, f"batches of {size} decided differently"
