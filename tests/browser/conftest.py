@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = os.environ.get("LRPILOT_TEST_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).with_name("artifacts")
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +46,3 @@ def page(browser: object) -> Iterator[object]:
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors[:5]}"
-
-
-def screenshot(page: object, name: str) -> Path:
-    """Save a full-page screenshot as a test artifact and print where."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
-    print(f"screenshot: {path}")
-    return path

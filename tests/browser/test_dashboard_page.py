@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import screenshot
 from lrpilot.dashboard import create_app, ids, serve_dashboard
 from lrpilot.monitor.store import Store
+from screenshots import screenshot
 from support import ROOT, ServeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.browser

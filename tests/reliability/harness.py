@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
+from hypothesis import HealthCheck, settings
 from lrpilot.client.protocol import (
     BatchAck,
     Bye,
@@ -39,6 +40,19 @@ from support import ServeProcess
 #: ``LRPILOT_SOAK=1`` selects the long mode. Read at import: the suite's autouse fixture
 #: removes LRPILOT_* variables before each test.
 SOAK = os.environ.get("LRPILOT_SOAK", "") not in ("", "0")
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Hypothesis settings of the fuzz tests: fixed inputs by default, fresh ones in soak mode,
+    no deadline (a live server answers in its own time), no example database."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=not SOAK,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
 
 TRAIN_SCRIPT = Path(__file__).with_name("train_until.py")
 #: Extra ``lrpilot serve`` arguments: no dashboard (its default port may be taken).

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Streamer
 from harness import (
     SERVE_ARGS,
     Serve,
@@ -34,6 +33,7 @@ from lrpilot.monitor.errors import ServeError
 from lrpilot.monitor.remote import ControllerClient
 from lrpilot.monitor.server import Controller
 from lrpilot.monitor.store import Store
+from streamer import Streamer
 from support import ThreadedController, free_port, lrpilot, wait_for
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import Streamer
 from harness import SOAK, step_counts
 from lrpilot.client import protocol as p
 from lrpilot.monitor import server
 from lrpilot.monitor.detection import InlineDetection
 from lrpilot.monitor.remote import ControllerClient
 from lrpilot.monitor.store import Store
+from streamer import Streamer
 from support import ThreadedController, wait_for
 
 CAP = 32

@@ -19,24 +19,18 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import Streamer
-from harness import SOAK, step_counts
-from hypothesis import HealthCheck, given, settings
+from harness import SOAK, fuzz_settings, step_counts
+from hypothesis import given
 from hypothesis import strategies as st
 from lrpilot.client import protocol as p
 from lrpilot.monitor.errors import ControllerError
 from lrpilot.monitor.remote import ControllerClient
+from streamer import Streamer
 from support import ThreadedController, wait_for
 
 EXAMPLES = 4000 if SOAK else 200
 FLOOD = 10_000 if SOAK else 500
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SOAK,  # fixed inputs by default, fresh ones in soak mode
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+SETTINGS = fuzz_settings(EXAMPLES)
 KINDS = [
     "hello",
     "welcome",

@@ -16,21 +16,15 @@ import io
 from collections.abc import Iterator
 
 import pytest
-from conftest import Streamer
-from harness import SOAK
-from hypothesis import HealthCheck, given, settings
+from harness import SOAK, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 from lrpilot.monitor import cli
+from streamer import Streamer
 from support import ThreadedController, lrpilot
 
 EXAMPLES = 1500 if SOAK else 150
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SOAK,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+SETTINGS = fuzz_settings(EXAMPLES)
 COMMANDS = ["runs", "set-lr", "scale-lr", "pause", "resume", "approve", "history", "events",
             "export", "status"]  # fmt: skip
 NUMBERS = st.sampled_from(

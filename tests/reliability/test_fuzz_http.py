@@ -20,23 +20,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Streamer
 from dash_http import DashHTTP
-from harness import SOAK, step_counts
-from hypothesis import HealthCheck, given, settings
+from harness import SOAK, fuzz_settings, step_counts
+from hypothesis import given
 from hypothesis import strategies as st
 from lrpilot.dashboard import ids
 from lrpilot.monitor.store import Store
+from streamer import Streamer
 from support import ServeProcess, free_port, wait_for
 
 EXAMPLES = 3000 if SOAK else 150
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SOAK,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+SETTINGS = fuzz_settings(EXAMPLES)
 TOKEN = f"fuzz-{uuid.uuid4().hex}"
 
 JSON_SCALARS = st.one_of(
