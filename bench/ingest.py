@@ -10,9 +10,10 @@ In one run on this machine (issue 7):
     with a raw ``executemany`` into the same ``points`` table;
 (c) the raw pyzmq receive rate, DEALER -> ROUTER, msgpack batches of the same shape,
     received and decoded (untyped);
-(d) LR command latency under the load of (a): a real torch run with Monitor gets a
-    ``set_lr`` request every ``--command-every`` seconds; latency is the controller's
-    ``applied_time`` minus the wall time just before the request was sent;
+(d) LR command latency under the load of (a): a real torch run with Monitor (one OpenMP
+    thread, ``--torch-threads``) gets a ``set_lr`` request every ``--command-every``
+    seconds; latency is the controller's ``applied_time`` minus the wall time just before
+    the request was sent (also split: until the controller sent the command to the run);
 (e) the controller's peak RSS (VmHWM).
 
 Prints a table and writes JSON (default bench/results/ingest.json).
@@ -128,6 +129,23 @@ class Serve:
                 self.proc.wait(10)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Any:
+    """Start the torch run with ``n`` OpenMP threads (0: torch's default). Its model is tiny;
+    torch's default OpenMP threads spin between ops and burn ~0.8 of a core here, CPU the
+    controller and its detection process would otherwise have."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    if n > 0:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+
+
 def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     profile = tmp / "controller.prof" if args.profile else None
     db = tmp / "ingest.db"
@@ -135,10 +153,12 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     stop = tmp / "stop"
     train = None
     latencies: list[float] = []
+    to_sent: list[float] = []  # request sent -> command sent to the run
     try:
-        train = start_training(
-            serve.endpoint, tmp / "train.json", stop, "--run", "torch", "--pace", "0.01"
-        )
+        with _torch_threads(args.torch_threads):
+            train = start_training(
+                serve.endpoint, tmp / "train.json", stop, "--run", "torch", "--pace", "0.01"
+            )
         client = ControllerClient(serve.endpoint, timeout=30)
         deadline = time.monotonic() + 60
         while not any(r["name"] == "torch" and r["last_step"] > 5 for r in client.request("runs")):
@@ -184,6 +204,7 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             state = client.request("command", id=cid)
             if state["status"] == "applied":
                 latencies.append((state["applied_time"] - t) * 1000)
+                to_sent.append((state["sent"] - t) * 1000)
         status = client.request("status")
     finally:
         stop.touch()
@@ -210,6 +231,8 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "idle_command_ms_p50": statistics.median(idle),
         "idle_command_ms_max": max(idle),
         "command_ms_max": max(latencies, default=None),
+        "command_to_sent_ms_p50": statistics.median(to_sent) if to_sent else None,
+        "command_to_sent_ms_p99": _pct(to_sent, 99),
         "peak_rss_mb": rss,
         "rejected": status["rejected"],
     }
@@ -353,6 +376,9 @@ def main() -> None:
     ap.add_argument("--batch-steps", type=int, default=20, help="steps per batch (Monitor's)")
     ap.add_argument("--procs", type=int, default=2, help="processes driving the clients")
     ap.add_argument("--command-every", type=float, default=0.2, help="seconds between set_lr")
+    ap.add_argument(
+        "--torch-threads", type=int, default=1, help="OpenMP threads of the torch run (0: default)"
+    )
     ap.add_argument("--quick", action="store_true", help="10 clients x 2,000 steps")
     ap.add_argument("--profile", action="store_true", help="cProfile the controller")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"))
@@ -393,6 +419,13 @@ def main() -> None:
             f" ms ({ctl['commands_applied']}/{ctl['commands']})",
             f"p99 < {TARGET_P99_MS:g} ms",
             p99 is not None and p99 < TARGET_P99_MS,
+        ),
+        (
+            "  of which request -> sent: p50/p99",
+            f"{ctl['command_to_sent_ms_p50'] or 0:.1f} / "
+            f"{ctl['command_to_sent_ms_p99'] or 0:.1f} ms",
+            "",
+            None,
         ),
         (
             "same, no load: p50 / max",

@@ -11,7 +11,9 @@ records what would be sent, so Monitor's unit tests need no socket.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import threading
 import time
 import warnings
@@ -167,7 +169,8 @@ class ZmqTransport(BaseTransport):
         ack_timeout: seconds without any answer before the controller is presumed gone and
             Hello is sent again (it then resends every unacknowledged batch).
         heartbeat: seconds between heartbeats while no metrics flow.
-        poll_ms: how often the thread looks for new records when the socket is quiet.
+        poll_ms: longest wait between looks at the timers (heartbeat, resend, reconnect);
+            records, command acks and close wake the thread at once.
         curve: optional (client_public, client_secret, server_public) Z85 keys for CURVE.
     """
 
@@ -203,26 +206,43 @@ class ZmqTransport(BaseTransport):
         self._thread: threading.Thread | None = None
         self._hello: Hello | None = None
         self._warned: set[str] = set()
+        # The write end of a pipe the sender thread polls beside its socket: one byte wakes
+        # it (a command's ack must not wait for the next poll). Closed by that thread, under
+        # the lock, so a late write never reaches a reused descriptor.
+        self._wake_fd: int | None = None
+        self._wake_lock = threading.Lock()
 
     # ---------------------------------------------------------------- training thread side
 
     def start(self, hello: Hello) -> None:
         self._hello = hello
+        wake_r, self._wake_fd = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(self._wake_fd, False)
         self._thread = threading.Thread(
-            target=self._run, name=f"lrpilot-{hello.run_id}", daemon=True
+            target=self._run, args=(wake_r,), name=f"lrpilot-{hello.run_id}", daemon=True
         )
         self._thread.start()
 
     def put(self, flush: Flush) -> None:
         self._outbox.append(flush)
+        self._wake()
 
     def put_ack(self, ack: CommandAck) -> None:
         self._acks.append(ack)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_fd is not None:
+                with contextlib.suppress(OSError):  # a full pipe: a wake-up is pending anyway
+                    os.write(self._wake_fd, b"\0")
 
     def close(self, timeout: float) -> TransportReport:
         if self._thread is None:
             return self.report
         self._closing.set()
+        self._wake()
         # Wait for the final acks (bounded), then stop: linger alone is not trusted.
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -238,7 +258,17 @@ class ZmqTransport(BaseTransport):
             self._warned.add(key)
             warnings.warn(f"lrpilot: {message}", RuntimeWarning, stacklevel=1)
 
-    def _run(self) -> None:
+    def _run(self, wake_r: int) -> None:
+        try:
+            self._run_socket(wake_r)
+        finally:
+            with self._wake_lock:
+                assert self._wake_fd is not None
+                os.close(self._wake_fd)
+                self._wake_fd = None
+            os.close(wake_r)
+
+    def _run_socket(self, wake_r: int) -> None:
         import zmq  # the socket lives and dies on this thread
 
         ctx = zmq.Context.instance()
@@ -252,7 +282,7 @@ class ZmqTransport(BaseTransport):
             sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.curve
         try:
             sock.connect(self.endpoint)
-            self._loop(sock, zmq)
+            self._loop(sock, zmq, wake_r)
         except Exception as exc:  # a transport bug must not take the training loop down
             self.report.errors.append(repr(exc))
             self._warn_once("crash", f"the transport stopped: {exc!r}; metrics are not sent")
@@ -266,7 +296,7 @@ class ZmqTransport(BaseTransport):
         except zmq.Again:
             return False
 
-    def _loop(self, sock: Any, zmq: Any) -> None:
+    def _loop(self, sock: Any, zmq: Any, wake_r: int) -> None:
         assert self._hello is not None
         hello = self._hello
         run_id = hello.run_id
@@ -283,14 +313,22 @@ class ZmqTransport(BaseTransport):
         patience = self.ack_timeout
         last_progress = time.monotonic()  # when the window last shrank (or became non-empty)
         last_resend = -math.inf
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
 
         while not self._stop.is_set():
             now = time.monotonic()
             if self._closing.is_set() and close_deadline is None:
                 # Nothing will ever answer a controller that was never reached: don't wait.
                 close_deadline = now + (0.5 if not ever_welcomed else math.inf)
-            # -- incoming
-            if sock.poll(self.poll_ms):
+            # -- incoming (or woken by put, put_ack, close)
+            ready = dict(poller.poll(self.poll_ms))
+            if wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 4096):
+                        pass
+            if sock in ready:
                 while True:
                     try:
                         frames = sock.recv_multipart(flags=zmq.NOBLOCK)
@@ -349,10 +387,11 @@ class ZmqTransport(BaseTransport):
             ):  # it answers but our oldest batch is not getting through: send it again
                 self._resend(sock, zmq)
                 last_resend = now
-            if not welcomed and now - last_hello >= hello_every:
+            # Back off only after a hello went out: not sent means not connected yet (the
+            # socket queues nothing then), so the next turn tries again.
+            if not welcomed and now - last_hello >= hello_every and self._send(sock, zmq, hello):
                 last_hello = now
                 hello_every = min(hello_every * 2, 2.0)
-                self._send(sock, zmq, hello)
                 last_sent = now
             if welcomed and now - last_sent > self.heartbeat:
                 self._send(sock, zmq, Heartbeat(run_id=run_id, step=self._last_step))
