@@ -31,6 +31,9 @@ NUMBERS = st.sampled_from(
     ["0.01", "1e-3", "0", "-1", "nan", "inf", "-inf", "1e999", "1e-400", "0x10", "abc", "",
      " 3 ", "1_000", "9" * 400]
 )  # fmt: skip
+# Valid ones stay short: a long --timeout against the dead endpoint would wait it out.
+TIMEOUTS = st.sampled_from(["0.2", "0", "-1", "nan", "inf", "-inf", "1e999", "1e308", "abc", "",
+                            "9" * 400])  # fmt: skip
 TEXT = st.text(max_size=300).filter(lambda s: "\x00" not in s)
 
 
@@ -73,7 +76,7 @@ def command_line(draw: st.DrawFn, endpoint: str, run: str, files: dict) -> list[
             ["--endpoint", endpoint],
             ["--endpoint", "tcp://127.0.0.1:1", "--timeout", "0.2"],
             ["--endpoint", draw(TEXT)],
-            ["--timeout", draw(NUMBERS)],
+            ["--timeout", draw(TIMEOUTS)],
             ["--db", files[draw(st.sampled_from(sorted(files)))]],
             ["--db", draw(TEXT)],
             ["--wait-timeout", draw(st.sampled_from(["0.5", "nan", "-1", "inf", "1e308"]))],
@@ -89,8 +92,8 @@ def command_line(draw: st.DrawFn, endpoint: str, run: str, files: dict) -> list[
         argv += opt
     # Keep a wait bounded when the fuzz did not pick one (a dead endpoint waits 3 s otherwise).
     if cmd in ("set-lr", "scale-lr", "approve"):
-        return [cmd, "--timeout", "0.5", "--wait-timeout", "0.5", *argv[1:]]
-    return [cmd, "--timeout", "0.5", *argv[1:]]
+        return [cmd, "--endpoint", endpoint, "--timeout", "0.5", "--wait-timeout", "0.5", *argv[1:]]
+    return [cmd, "--endpoint", endpoint, "--timeout", "0.5", *argv[1:]]
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
