@@ -20,7 +20,9 @@ is already too small is the one move that can only hurt.
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -93,6 +95,36 @@ class _Climb(AlignmentDetector):
     def _update(self, step: int, value: float) -> Detection | None:
         hit = super()._update(step, value)
         return hit if hit is not None and hit.kind == "lr_too_small" else None
+
+
+def _columns(keys: Sequence[int], width: int) -> list[Sequence[int]] | None:
+    """Each series' point indices in a batch, or None if a key is out of range.
+
+    A batch is usually step-major with the same keys at every step (as the client sends
+    it); then each column is a stride, found without a Python loop over the points.
+    """
+    n = len(keys)
+    if n == 0:
+        return [()] * width
+    if not all(type(k) is int for k in keys) or min(keys) < 0 or max(keys) >= width:
+        return None
+    first = list(keys[:width])
+    if n % width == 0 and len(set(first)) == width and list(keys) == first * (n // width):
+        columns: list[Sequence[int]] = [()] * width
+        for offset, key in enumerate(first):
+            columns[key] = range(offset, n, width)
+        return columns
+    lists: list[list[int]] = [[] for _ in range(width)]
+    for i, key in enumerate(keys):
+        lists[key].append(i)
+    return list(lists)
+
+
+def _take(seq: Sequence[Any], where: Sequence[int]) -> list[Any]:
+    """``seq``'s items at the indices ``where`` (a stride is a slice)."""
+    if isinstance(where, range):
+        return list(seq[where.start : where.stop : where.step])
+    return [seq[i] for i in where]
 
 
 def _build_detectors(policy: RunPolicy) -> dict[str, Detector]:
@@ -261,6 +293,90 @@ class RunController:
         one seen for a series (the run restarted from a checkpoint) restarts every detector
         and yields a ``restart`` decision without a command.
         """
+        out = self._observe_by_series(steps, names, keys, values)
+        if out is None:
+            out = self._observe_by_point(steps, names, keys, values)
+        return out
+
+    def _observe_by_series(
+        self,
+        steps: Sequence[int],
+        names: Sequence[str],
+        keys: Sequence[int],
+        values: Sequence[float],
+    ) -> list[Decision] | None:
+        """The fast path: each series through its detectors in one call, then the policy
+        replayed in point order. None when the batch needs the point-by-point path.
+
+        It makes the same decisions as point by point whenever the order across series does
+        not matter: every series' steps move forward, values are floats, and the batch has no
+        point of a series another detector reads mid-batch (the alignment detector's, which
+        the plateau veto and the early stuck test consult). Hits are rare, so the policy only
+        has to be replayed at the loss and LR points and at the hits, in their order.
+        """
+        n = len(keys)
+        if n != len(steps) or n != len(values):
+            return None
+        columns = _columns(keys, len(names))
+        if columns is None:
+            return None
+        lr_key = names.index("lr") if "lr" in names else -1
+        loss_key = names.index("loss") if "loss" in names else -1
+        plans: list[tuple[Sequence[int], list[int], list[float], list[Detector]]] = []
+        for key, name in enumerate(names):
+            where = columns[key]
+            dets = self._routes.get(name)
+            if not where or not dets or key == lr_key:
+                continue
+            if name in self._read_across:
+                return None
+            at = _take(steps, where)
+            top = max((d.last_step for d in dets if d.last_step is not None), default=None)
+            if (
+                (top is not None and at[0] <= top)
+                or not all(map(operator.lt, at, at[1:]))
+                or not all(type(s) is int for s in at)
+            ):
+                return None  # a restart (or bad input): the point path says which
+            vs = _take(values, where)
+            if not all(type(v) is float for v in vs):
+                return None
+            plans.append((where, at, vs, dets))
+        # (point index, 0 for the point itself then 1 + priority for its hits, order, what)
+        events: list[tuple[int, int, int, Any]] = []
+        for where, at, vs, dets in plans:
+            for det in dets:
+                for hit in det.feed_checked(at, vs):  # checked above, for all of them
+                    i = where[bisect.bisect_left(at, hit.step)]
+                    events.append((i, 1 + priority(hit), len(events), hit))
+        for key in (lr_key, loss_key):
+            if key >= 0:
+                events.extend((i, 0, key, None) for i in columns[key])
+        events.sort()
+        rules = self._rules
+        out: list[Decision] = []
+        for i, _rank, key, hit in events:
+            if hit is not None:
+                veto = self._veto(hit) if _vetoable(hit) else None
+                out.append(veto or rules.decide(hit, self._lr))
+            elif key == lr_key:
+                value = values[i]
+                if math.isfinite(value) and value > 0:
+                    self._lr = float(value)
+            else:
+                undo = rules.observe_loss(steps[i], values[i], self._lr)
+                if undo is not None:
+                    out.append(undo)
+        return out
+
+    def _observe_by_point(
+        self,
+        steps: Sequence[int],
+        names: Sequence[str],
+        keys: Sequence[int],
+        values: Sequence[float],
+    ) -> list[Decision]:
+        """Every point in batch order through its series' detectors, then the policy."""
         by_key = [self._routes.get(name, ()) for name in names]
         lr_key = names.index("lr") if "lr" in names else -1
         loss_key = names.index("loss") if "loss" in names else -1
@@ -313,6 +429,10 @@ class RunController:
         for det in self._detectors.values():
             routes.setdefault(det.config.series, []).append(det)
         self._routes = routes
+        # Series whose detectors others read mid-batch: the plateau veto and the early stuck
+        # test consult the alignment detector as it stands at their point.
+        align = self._detectors.get("alignment")
+        self._read_across = {align.config.series} if align is not None else set()
 
     def _veto(self, hit: Detection) -> Decision | None:
         """A plateau (or stuck) while the steps are demonstrably too small: record, no cut."""

@@ -351,7 +351,7 @@ class Store:
                     written.append("gap")
                     continue
                 ids = [self._series_id(c, b.run_id, n) for n in b.names]
-                rows += zip([ids[k] for k in b.keys], b.steps, b.values, strict=True)
+                rows += zip(map(ids.__getitem__, b.keys), b.steps, b.values, strict=True)
                 last_step, last_loss, lrs = self._summary(b)
                 run = runs.get(b.run_id)
                 if run is None:
@@ -379,26 +379,30 @@ class Store:
     def _summary(b: Any) -> tuple[int, float | None, str | None]:
         """The batch's last step, last loss and last LR per group (None where absent)."""
         last_step = max(b.steps) if b.steps else -1
-        keys = {name: i for i, name in enumerate(b.names)}
-        loss_key = keys.get("loss")
+        n = len(b.keys)
+        reverse = b.keys[::-1]  # list.index on it finds a key's last point in C
+
+        def last(key: int) -> float | None:
+            try:
+                return b.values[n - 1 - reverse.index(key)]
+            except ValueError:
+                return None
+
         last_loss = None
-        if loss_key is not None:
-            for k, v in zip(reversed(b.keys), reversed(b.values), strict=True):
-                if k == loss_key:
-                    last_loss = v if math.isfinite(v) else None
-                    break
+        if "loss" in b.names:
+            last_loss = last(b.names.index("loss"))
+            if last_loss is not None and not math.isfinite(last_loss):
+                last_loss = None
         lr_keys = sorted(
-            (int(n[3:]) if n != "lr" else 0, i)
-            for n, i in keys.items()
-            if n == "lr" or (n.startswith("lr/") and n[3:].isdigit())
+            (int(name[3:]) if name != "lr" else 0, i)
+            for i, name in enumerate(b.names)
+            if name == "lr" or (name.startswith("lr/") and name[3:].isdigit())
         )
         lrs = None
         if lr_keys:
-            latest: dict[int, float] = {}
-            for k, v in zip(b.keys, b.values, strict=True):
-                latest[k] = v
-            if all(i in latest for _, i in lr_keys):
-                lrs = json.dumps([latest[i] for _, i in lr_keys])
+            latest = [last(i) for _, i in lr_keys]
+            if None not in latest:
+                lrs = json.dumps(latest)
         return last_step, last_loss, lrs
 
     def touch(self, run_id: str, now: float | None = None) -> None:

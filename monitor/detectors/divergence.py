@@ -9,7 +9,8 @@ interquartile mean. Five signs, each reported once per episode:
   and the block before them rises significantly (one-sided t-test, p < ``alpha``) and by at
   least ``rise`` of its starting level. A line, not a step: a jump that then stays flat or
   recovers (a spike, a dead net) fits a line badly and is left to the tests below, while a
-  blow-up that keeps growing is called about ``patience`` points after it starts.
+  blow-up that keeps growing is called about ``patience`` points after it starts. An
+  infinite ``rise`` turns this test and the next off.
 * **sustained rise**: the same test on the whole ``window`` holds at every test for
   ``patience`` points in a row (a slower rise). A spike that recovers within ``patience``
   points is the spike detector's business, not this one's.
@@ -57,7 +58,8 @@ class DivergenceConfig:
         window: points in the rise test and in the stuck test.
         blocks: blocks the window is cut into (block medians are what the line is fit to).
         patience: points the rise must be significant for, test after test.
-        rise: the fitted line must rise by at least this fraction of its starting level.
+        rise: the fitted line must rise by at least this fraction of its starting level;
+            infinite turns both rise tests off.
         alpha: significance level of the rise test.
         stuck_after: points before a series still at its initial level is called stuck;
             0 turns the stuck test off.
@@ -165,6 +167,8 @@ class DivergenceDetector(Detector):
     def _update(self, step: int, value: float) -> Detection | None:
         c = self.config
         self._nan_fired = False
+        if c.stuck_after == 0 and math.isinf(c.rise):
+            return None  # only non-finite values can fire (the grad-norm watch): no levels
         if self._initial is None:
             self._first.append(value)
             if len(self._first) == c.initial_points:
@@ -178,6 +182,9 @@ class DivergenceDetector(Detector):
         detection = self._fast_rise_test(step) or self._died_test(step)
         if detection is not None or not blocks.full:
             return detection
+        if math.isinf(c.rise) and not self._stuck_due():
+            self._rising = 0  # what the rise test does when it cannot hold
+            return None  # neither test can fire: spare the fit (the hot path under load)
         fit = linear_trend(blocks.xs, blocks.ys)
         span = blocks.xs[-1] - blocks.xs[0]
         start, end = fit.at(blocks.xs[0]), fit.at(blocks.xs[-1])
@@ -205,6 +212,8 @@ class DivergenceDetector(Detector):
 
     def _fast_rise_test(self, step: int) -> Detection | None:
         c = self.config
+        if math.isinf(c.rise):  # rise tests off (the grad-norm and early stuck detectors)
+            return None
         recent = self._recent()
         if recent is None:
             return None
@@ -281,12 +290,17 @@ class DivergenceDetector(Detector):
             {"cause": "rise", "start": start, "end": end, "rise": rel, "p": p, "t": t},
         )
 
+    def _stuck_due(self) -> bool:
+        """Whether the stuck test may fire at this point (it is on and its time has come)."""
+        c = self.config
+        if c.stuck_after == 0 or self._initial is None:
+            return False
+        return self.points >= c.stuck_after + (self._stuck_at if self._stuck_fired else 0)
+
     def _stuck_test(self, step: int, p_fall: float) -> Detection | None:
         c = self.config
         init = self._initial
-        if c.stuck_after == 0 or init is None:
-            return None
-        if self.points < c.stuck_after + (self._stuck_at if self._stuck_fired else 0):
+        if init is None or not self._stuck_due():
             return None
         # "not improving": the fall is not significant at 5%; "no better than the initial
         # level": not better by more than the tolerance at the one-sided 5% level of an

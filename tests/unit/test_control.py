@@ -6,6 +6,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lrpilot.monitor.control import Decision, RunController
 from lrpilot.monitor.detectors import PlateauConfig
 from lrpilot.monitor.policy import PolicyConfig, RunPolicy
@@ -132,3 +134,100 @@ def test_a_batch_decides_as_its_points_fed_one_at_a_time() -> None:
     assert any(d.kind == "restart" for d in one_by_one)
     for size in (7, 20, 1200):
         assert run(size) == one_by_one, f"batches of {size} decided differently"
+
+
+def _stream(seed: int, steps: int, cos_from: int | None, restart_at: int | None):
+    """Per-step point lists for a busy run: a descent with a plateau, a zig-zag, spikes, a
+    NaN and a blow-up at random places, LR changes, and the cosine from ``cos_from`` on."""
+    rng = random.Random(seed)
+    zig, spike, nan, blow = (rng.randrange(steps) for _ in range(4))
+    lr = 0.1
+    order = ["loss", "acc", "grad_norm", "lr", "cos_grad_update"]
+    if rng.random() < 0.5:
+        rng.shuffle(order)
+    timeline = list(range(steps))
+    if restart_at is not None:  # a checkpoint: the run goes back and carries on
+        timeline = timeline[:restart_at] + list(range(restart_at // 2, steps))
+    out = []
+    for s in timeline:
+        loss = 2.0 * math.exp(-s / 150) + 0.3 + 0.02 * rng.gauss(0, 1)
+        if zig <= s < zig + 150:
+            loss += 0.1 * (-1) ** s
+        if spike <= s < spike + 3:
+            loss *= 5
+        if s >= blow:
+            loss *= math.exp(min(50.0, (s - blow) / 40))
+        if s == nan:
+            loss = math.nan
+        if rng.random() < 0.01:
+            lr *= rng.choice([0.5, 2.0])
+        point = {
+            "loss": loss,
+            "acc": 0.5,
+            "grad_norm": 1.0 + rng.random(),
+            "lr": lr,
+            "cos_grad_update": rng.gauss(0.2 if s < 300 else -0.1, 0.3),
+        }
+        if cos_from is None or s < cos_from:
+            del point["cos_grad_update"]
+        if rng.random() < 0.05:  # a step that misses a series: no stride in that batch
+            del point["acc"]
+        out.append((s, [(n, point[n]) for n in order if n in point]))
+    return out
+
+
+def _wire(chunk):
+    names = sorted({n for _, pts in chunk for n, _ in pts})
+    steps, keys, values = [], [], []
+    for s, pts in chunk:
+        for n, v in pts:
+            steps.append(s)
+            keys.append(names.index(n))
+            values.append(v)
+    return steps, names, keys, values
+
+
+def _decide(stream, sizes, by_point: bool) -> list[Decision]:
+    ctl = RunController("auto", patience=64, cooldown=50)
+    feed = ctl._observe_by_point if by_point else ctl.observe
+    out: list[Decision] = []
+    i = 0
+    while i < len(stream):
+        size = sizes[len(out) % len(sizes)]
+        got = feed(*_wire(stream[i : i + size]))
+        for d in got:
+            if d.command is not None:  # the run applies it at the next step
+                ctl.lr_changed(stream[min(i + size, len(stream) - 1)][0])
+        out += got
+        i += size
+    return out
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(
+    seed=st.integers(0, 10_000),
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=8),
+    cos_from=st.one_of(st.none(), st.integers(0, 900)),
+    restart_at=st.one_of(st.none(), st.integers(10, 900)),
+)
+def test_the_series_path_decides_as_the_point_path(seed, sizes, cos_from, restart_at) -> None:
+    """observe() feeds each series to its detectors in one call when the order across series
+    cannot matter; every decision, in order, must be the point-by-point path's."""
+    stream = _stream(seed, 900, cos_from, restart_at)
+    assert _decide(stream, sizes, by_point=False) == _decide(stream, sizes, by_point=True)
+
+
+def test_the_series_path_takes_ordinary_batches_and_not_the_coupled_ones(monkeypatch) -> None:
+    taken = {"series": 0, "point": 0}
+    by_series = RunController._observe_by_series
+
+    def counting(self, *batch):
+        out = by_series(self, *batch)
+        taken["series" if out is not None else "point"] += 1
+        return out
+
+    monkeypatch.setattr(RunController, "_observe_by_series", counting)
+    stream = _stream(1, 900, cos_from=600, restart_at=None)
+    decisions = _decide(stream, [20], by_point=False)
+    assert decisions, "the busy stream must cause decisions"
+    assert taken == {"series": 30, "point": 15}, taken  # the cosine comes in at step 600

@@ -106,6 +106,35 @@ def test_steps_must_increase(make) -> None:
 
 
 @pytest.mark.parametrize("make", FACTORIES.values(), ids=FACTORIES.keys())
+@pytest.mark.parametrize("size", [1, 7, 64, 400])
+def test_update_many_decides_as_update_does(make, size: int) -> None:
+    values = busy_series()
+    one, many = make(), make()
+    expected = [d for s, v in enumerate(values) if (d := one.update(s, v))]
+    got = []
+    for i in range(0, len(values), size):
+        got += many.update_many(list(range(i, min(i + size, len(values)))), values[i : i + size])
+    assert got == expected
+    assert many.state_dict() == one.state_dict()
+
+
+@pytest.mark.parametrize("make", FACTORIES.values(), ids=FACTORIES.keys())
+def test_update_many_raises_as_update_does_after_feeding_the_good_points(make) -> None:
+    det = make()
+    det.update_many([0, 1], [1.0, 2.0])
+    with pytest.raises(ValueError, match="step 1 is not after the previous step 1"):
+        det.update_many([1, 2], [1.0, 1.0])
+    with pytest.raises(ValueError, match="step 3 is not after the previous step 3"):
+        det.update_many([2, 3, 3], [1.0, 1.0, 1.0])
+    assert det.last_step == 3, "the points before the bad one are fed, as update would"
+    with pytest.raises(ValueError, match="value must be a number"):
+        det.update_many([4, 5], [1, "x"])  # type: ignore[list-item]
+    assert det.last_step == 4, "an int value is a number; the string is refused"
+    with pytest.raises(ValueError, match="2 steps but 1 values"):
+        det.update_many([6, 7], [1.0])
+
+
+@pytest.mark.parametrize("make", FACTORIES.values(), ids=FACTORIES.keys())
 def test_nan_and_inf_never_raise_and_are_counted(make) -> None:
     det = make()
     for step, v in enumerate([math.nan, math.inf, -math.inf, 1.0, math.nan]):
