@@ -12,9 +12,10 @@ same calls in the same order, so they make the same decisions:
   milliseconds later, in order.
 
 The child is reached over a ZeroMQ PAIR socket on an ``ipc://`` path inside a private
-(0700) temporary directory: only this user can connect to it, which is why its control
-messages may be pickled. Metrics travel as the client's own msgpack frames and are decoded
-(and validated) again in the child.
+(0700) temporary directory, so only this user can connect to it. Its messages are typed
+msgspec Structs in msgpack (the operations below, and :class:`Done` / :class:`Approved`
+back), checked on decoding like everything else lrpilot reads; nothing is pickled. Metrics
+travel as the client's own msgpack frames and are decoded (and validated) again in the child.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -30,6 +30,7 @@ import tempfile
 import time
 from typing import Any
 
+import msgspec
 import zmq
 
 from ..client.protocol import MAGIC, Metrics, decode
@@ -44,6 +45,85 @@ log = logging.getLogger("lrpilot.detection")
 _CHILD = "import sys; from lrpilot.monitor.detection import serve; serve(*sys.argv[1:])"
 
 
+class _Op(msgspec.Struct, array_like=True, tag=True, frozen=True):
+    """An operation on one run's controller, in the order the controller made it."""
+
+    run_id: str
+
+
+class Open(_Op, tag="open"):
+    """A run connected: give it a controller (a reconnecting run keeps its own)."""
+
+    mode: str
+    policy: RunPolicy
+
+
+class Observe(_Op, tag="observe"):
+    """A committed batch: the message's ``frame``-th metrics frame, ``points`` points."""
+
+    frame: int
+    points: int
+
+
+class LrChanged(_Op, tag="lr_changed"):
+    step: int
+
+
+class Pause(_Op, tag="pause"):
+    pass
+
+
+class Resume(_Op, tag="resume"):
+    pass
+
+
+class SetPolicy(_Op, tag="policy"):
+    policy: RunPolicy
+
+
+class Approve(_Op, tag="approve"):
+    """Return the advised decision awaiting approval, answered with :class:`Approved`."""
+
+    token: int
+
+
+class Drop(_Op, tag="drop"):
+    pass
+
+
+class Defaults(_Op, tag="defaults"):
+    """Keyword arguments of every new :class:`RunController` (run_id unused)."""
+
+    values: dict[str, float | int | None]
+
+
+class Stop(_Op, tag="stop"):
+    pass
+
+
+Op = Open | Observe | LrChanged | Pause | Resume | SetPolicy | Approve | Drop | Defaults | Stop
+
+
+class Done(msgspec.Struct, array_like=True, tag="done", frozen=True):
+    """A message's operations are applied: its points, and the decisions they made in order."""
+
+    points: int
+    decisions: list[tuple[str, Decision]]
+
+
+class Approved(msgspec.Struct, array_like=True, tag="approved", frozen=True):
+    """The answer to :class:`Approve`, after the decisions made before it."""
+
+    token: int
+    decision: Decision | None
+    decisions: list[tuple[str, Decision]]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_ops = msgspec.msgpack.Decoder(list[Op]).decode
+_decode_reply = msgspec.msgpack.Decoder(Done | Approved).decode
+
+
 class _Runs:
     """The run controllers and the one function that applies an operation to them."""
 
@@ -51,32 +131,35 @@ class _Runs:
         self.defaults = control_defaults
         self.controls: dict[str, RunController] = {}
 
-    def apply(self, op: str, run_id: str, arg: Any, out: list[tuple[str, Decision]]) -> Any:
-        """Apply ``op``; decisions go to ``out``; returns what ``approve`` returns."""
-        if op == "open":
-            mode, policy = arg
+    def apply(
+        self, op: _Op, out: list[tuple[str, Decision]], batch: Metrics | None = None
+    ) -> Decision | None:
+        """Apply ``op`` (``batch``: an Observe's points); decisions go to ``out``; returns
+        what an Approve returns."""
+        run_id = op.run_id
+        if isinstance(op, Open):
             if run_id not in self.controls:
-                self.controls[run_id] = RunController(mode, policy=policy, **self.defaults)
+                self.controls[run_id] = RunController(op.mode, policy=op.policy, **self.defaults)
             return None
-        if op == "drop":
+        if isinstance(op, Drop):
             self.controls.pop(run_id, None)
             return None
         control = self.controls.get(run_id)
         if control is None:
             return None
-        if op == "observe":
-            batch: Metrics = arg
+        if isinstance(op, Observe):
+            assert batch is not None
             for d in control.observe(batch.steps, batch.names, batch.keys, batch.values):
                 out.append((run_id, d))
-        elif op == "lr_changed":
-            control.lr_changed(arg)
-        elif op == "pause":
+        elif isinstance(op, LrChanged):
+            control.lr_changed(op.step)
+        elif isinstance(op, Pause):
             control.pause()
-        elif op == "resume":
+        elif isinstance(op, Resume):
             control.resume()
-        elif op == "policy":
-            control.set_policy(arg)
-        elif op == "approve":
+        elif isinstance(op, SetPolicy):
+            control.set_policy(op.policy)
+        elif isinstance(op, Approve):
             return control.approve()
         return None
 
@@ -91,7 +174,7 @@ class Detection:
 
     def open(self, run_id: str, mode: str, policy: RunPolicy) -> None:
         """A run connected: give it a controller (a reconnecting run keeps its own)."""
-        self._put("open", run_id, (mode, policy))
+        self._put(Open(run_id, mode, policy))
 
     def observe(self, run_id: str, batch: Metrics, frames: list[bytes]) -> None:
         """Feed a committed batch (``frames``: the client's frames it was decoded from)."""
@@ -99,23 +182,23 @@ class Detection:
 
     def lr_changed(self, run_id: str, step: int) -> None:
         """An LR change took effect at ``step``."""
-        self._put("lr_changed", run_id, step)
+        self._put(LrChanged(run_id, step))
 
     def pause(self, run_id: str) -> None:
         """A person took over the LR."""
-        self._put("pause", run_id, None)
+        self._put(Pause(run_id))
 
     def resume(self, run_id: str) -> None:
         """Automatic control resumed."""
-        self._put("resume", run_id, None)
+        self._put(Resume(run_id))
 
     def set_policy(self, run_id: str, policy: RunPolicy) -> None:
         """Put a reloaded policy in force."""
-        self._put("policy", run_id, policy)
+        self._put(SetPolicy(run_id, policy))
 
     def drop(self, run_id: str) -> None:
         """Forget the run's controller (a finished or long-silent run)."""
-        self._put("drop", run_id, None)
+        self._put(Drop(run_id))
 
     def approve(self, run_id: str) -> Decision | None:
         """The advised decision awaiting approval, to send now, or None.
@@ -135,7 +218,7 @@ class Detection:
     def close(self) -> None:
         """Stop; what was not processed is lost (the points are stored)."""
 
-    def _put(self, op: str, run_id: str, arg: Any) -> None:
+    def _put(self, op: _Op) -> None:
         raise NotImplementedError
 
 
@@ -147,17 +230,17 @@ class InlineDetection(Detection):
         self._out: list[tuple[str, Decision]] = []
 
     def observe(self, run_id: str, batch: Metrics, frames: list[bytes]) -> None:
-        self._runs.apply("observe", run_id, batch, self._out)
+        self._runs.apply(Observe(run_id, 0, len(batch.steps)), self._out, batch)
 
     def approve(self, run_id: str) -> Decision | None:
-        return self._runs.apply("approve", run_id, None, self._out)
+        return self._runs.apply(Approve(run_id, 0), self._out)
 
     def results(self) -> list[tuple[str, Decision]]:
         out, self._out = self._out, []
         return out
 
-    def _put(self, op: str, run_id: str, arg: Any) -> None:
-        self._runs.apply(op, run_id, arg, self._out)
+    def _put(self, op: _Op) -> None:
+        self._runs.apply(op, self._out)
 
 
 class WorkerDetection(Detection):
@@ -190,28 +273,26 @@ class WorkerDetection(Detection):
             [sys.executable, "-c", _CHILD, endpoint, str(os.getpid())],
             stdin=subprocess.DEVNULL,
         )
-        self._ops: list[tuple[str, str, Any]] = []
+        self._ops: list[_Op] = [Defaults("", dict(control_defaults or {}))]
         self._frames: list[bytes] = []
         self._out: list[tuple[str, Decision]] = []
         self._token = 0
         self._approved: dict[int, Decision | None] = {}
         self.backlog = 0
-        self._ops.append(("defaults", "", dict(control_defaults or {})))
 
     def observe(self, run_id: str, batch: Metrics, frames: list[bytes]) -> None:
-        self._ops.append(("observe", run_id, (len(self._frames), len(batch.steps))))
+        self._ops.append(Observe(run_id, len(self._frames), len(batch.steps)))
         self._frames.append(frames[-1])
         self.backlog += len(batch.steps)
 
-    def _put(self, op: str, run_id: str, arg: Any) -> None:
-        self._ops.append((op, run_id, arg))
+    def _put(self, op: _Op) -> None:
+        self._ops.append(op)
 
     def flush(self) -> None:
         if not self._ops:
             return
-        header = pickle.dumps(self._ops, protocol=pickle.HIGHEST_PROTOCOL)
         assert self.socket is not None
-        self.socket.send_multipart([header, *self._frames], copy=False)
+        self.socket.send_multipart([_encode(self._ops), *self._frames], copy=False)
         self._ops, self._frames = [], []
 
     def results(self) -> list[tuple[str, Decision]]:
@@ -222,7 +303,7 @@ class WorkerDetection(Detection):
     def approve(self, run_id: str) -> Decision | None:
         self._token += 1
         token = self._token
-        self._put("approve", run_id, token)
+        self._put(Approve(run_id, token))
         self.flush()
         deadline = time.monotonic() + self.approve_timeout
         while token not in self._approved:
@@ -237,13 +318,12 @@ class WorkerDetection(Detection):
         assert sock is not None
         while sock.poll(timeout_ms):
             timeout_ms = 0
-            kind, value, decisions = pickle.loads(sock.recv())
-            self._out.extend(decisions)
-            if kind == "done":
-                self.backlog -= value
-            else:  # ("approved", (token, decision), decisions made before it)
-                token, decision = value
-                self._approved[token] = decision
+            reply = _decode_reply(sock.recv())
+            self._out.extend(reply.decisions)
+            if isinstance(reply, Done):
+                self.backlog -= reply.points
+            else:  # decisions made before the approval come first
+                self._approved[reply.token] = reply.decision
 
     @property
     def alive(self) -> bool:
@@ -253,7 +333,7 @@ class WorkerDetection(Detection):
     def close(self) -> None:
         if self.socket is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self.socket.send_multipart([pickle.dumps([("stop", "", None)])], zmq.NOBLOCK)
+                self.socket.send(_encode([Stop("")]), zmq.NOBLOCK)
             self.socket.close(0)
             self.socket = None
         try:
@@ -279,10 +359,10 @@ def serve(endpoint: str, parent: str) -> None:
     runs = _Runs({})
     failures = 0
 
-    def send(reply: tuple[str, Any, list[tuple[str, Decision]]]) -> None:
+    def send(reply: Done | Approved) -> None:
         # Never block: with no peer (the controller is gone) a PAIR send would wait forever.
         with contextlib.suppress(zmq.Again):
-            sock.send(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL), zmq.NOBLOCK)
+            sock.send(_encode(reply), zmq.NOBLOCK)
 
     try:
         while True:
@@ -293,29 +373,27 @@ def serve(endpoint: str, parent: str) -> None:
             header, *frames = sock.recv_multipart(copy=True)
             out: list[tuple[str, Decision]] = []
             points = 0
-            for op, run_id, arg in pickle.loads(header):
-                if op == "stop":
+            for op in _decode_ops(header):
+                if isinstance(op, Stop):
                     return
-                if op == "defaults":
-                    runs.defaults = arg
+                if isinstance(op, Defaults):
+                    runs.defaults = op.values
                     continue
                 try:
-                    if op == "observe":
-                        index, n = arg
-                        points += n
-                        arg = decode([MAGIC, frames[index]])
-                    if op == "approve":
-                        decision = runs.apply(op, run_id, None, out)
-                        send(("approved", (arg, decision), out))
+                    batch = None
+                    if isinstance(op, Observe):
+                        points += op.points
+                        batch = decode([MAGIC, frames[op.frame]])
+                    decision = runs.apply(op, out, batch)
+                    if isinstance(op, Approve):
+                        send(Approved(op.token, decision, out))
                         out = []
-                        continue
-                    runs.apply(op, run_id, arg, out)
                 except Exception:  # one run's bad batch must not stop every run's detection
                     failures += 1
                     if failures <= 10 or failures % 1000 == 0:
-                        log.exception("detection failed on %s for run %s (%d so far)", op,
-                                      run_id, failures)  # fmt: skip
-            send(("done", points, out))
+                        log.exception("detection failed on %s for run %s (%d so far)",
+                                      type(op).__name__, op.run_id, failures)  # fmt: skip
+            send(Done(points, out))
     finally:
         sock.close(0)
         ctx.term()
