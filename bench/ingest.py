@@ -18,7 +18,10 @@ In one run on this machine (issue 7):
     thread, ``--torch-threads``) gets a ``set_lr`` request every ``--command-every``
     seconds; latency is the controller's ``applied_time`` minus the wall time just before
     the request was sent (also split: until the controller sent the command to the run);
-(e) the controller's peak RSS (VmHWM).
+(e) the controller's peak RSS (VmHWM);
+(f) detection alone, in this process: microseconds per record of ``RunController.observe``
+    on one run's batches of the same shape, a series at a time (what the controller does)
+    beside point by point (the path batches carrying the cosine take).
 
 Prints a table and writes JSON (default bench/results/ingest.json).
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -268,6 +272,33 @@ def _pct(xs: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
+# ---------------------------------------------------------------- (f) detection alone
+
+
+def bench_detection(batch_steps: int, steps: int = 10_000, repeats: int = 5) -> dict[str, float]:
+    """Microseconds per record through one run's RunController, both paths, same batches."""
+    from lrpilot.monitor.control import RunController
+
+    batches = []
+    for first in range(0, steps, batch_steps):
+        ss = range(first, min(first + batch_steps, steps))
+        values = [x for s in ss for x in (1.0 / (1.0 + 0.01 * s), 0.5, 1.0 + (s % 5) * 0.1, 0.1)]
+        batches.append(([s for s in ss for _ in range(4)], ["loss", "acc", "grad_norm", "lr"],
+                        [0, 1, 2, 3] * len(ss), values))  # fmt: skip
+    out = {}
+    for name in ("observe", "_observe_by_point"):
+        best = math.inf
+        for _ in range(repeats):  # the best of a few: the machine is shared
+            ctl = RunController("advise")
+            feed = getattr(ctl, name)
+            t0 = time.perf_counter()
+            for batch in batches:
+                feed(*batch)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best / (4 * steps) * 1e6
+    return {"series_us_per_record": out["observe"], "point_us_per_record": out["_observe_by_point"]}
+
+
 # ---------------------------------------------------------------- (b) bare SQLite
 
 
@@ -426,6 +457,7 @@ def main() -> None:
             min(ctl["records"], 2_000_000), args.clients, args.batch_steps, tmp
         )
         raw = bench_pyzmq(min(ctl["records"], 4_000_000), args.batch_steps)
+        det = bench_detection(args.batch_steps)
     fraction = ctl["records_per_s"] / sql["raw_executemany_per_s"]
     fraction_served = ctl["records_per_s"] / sql["raw_as_served_per_s"]
     p99 = ctl["command_ms_p99"]
@@ -479,6 +511,12 @@ def main() -> None:
         ),
         ("controller peak RSS", f"{ctl['peak_rss_mb']:.0f} MiB", "", None),
         (
+            "detection alone: series / point path",
+            f"{det['series_us_per_record']:.2f} / {det['point_us_per_record']:.2f} us/rec",
+            "",
+            None,
+        ),
+        (
             "stored / sent",
             f"{ctl['stored']:,} / {ctl['records']:,}",
             "equal",
@@ -506,6 +544,7 @@ def main() -> None:
         "controller": ctl,
         "sqlite": sql,
         "pyzmq": raw,
+        "detection": det,
         "targets": {
             "records_per_s": TARGET_RATE,
             "fraction_of_sqlite": TARGET_FRACTION,
