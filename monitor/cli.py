@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import IO, Any, NoReturn
 
 from ..client.protocol import DEFAULT_ENDPOINT
-from .errors import ControllerError, LrpilotError
+from .errors import ControllerError, LrpilotError, OutputError
 from .remote import ControllerClient
 from .store import Store
 
@@ -353,7 +353,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     db = args.db or _client(args).request("ping")["db"]
     with _open_db(db) as store:
         run = store.find_run(args.run)
-        out: IO[str] = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+        out: IO[str] = sys.stdout
+        if args.output:
+            try:
+                out = open(args.output, "w", newline="")  # noqa: SIM115
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write {args.output}: {exc.strerror or exc}; check that its folder "
+                    "exists and is writable"
+                ) from None
         n = 0
         try:
             if args.format == "csv":

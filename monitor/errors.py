@@ -17,6 +17,7 @@ __all__ = [
     "ControllerError",
     "ControllerUnreachable",
     "LrpilotError",
+    "OutputError",
     "RunOwned",
     "ServeError",
     "StoreError",
@@ -49,3 +50,7 @@ class ControllerUnreachable(LrpilotError):
 
 class ServeError(LrpilotError):
     """The controller cannot start: address in use, malformed endpoint, unwritable database."""
+
+
+class OutputError(LrpilotError):
+    """A file the CLI was asked to write (``lrpilot export --output``) cannot be written."""

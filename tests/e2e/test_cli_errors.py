@@ -107,3 +107,22 @@ def test_sigterm_and_sigint_stop_cleanly(tmp_path: Path) -> None:
         assert proc.proc is not None
         proc.proc.send_signal(sig)
         assert proc.proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("where", ["missing/x.csv", "."])
+def test_export_to_an_unwritable_path_is_one_line(tmp_path: Path, where: str) -> None:
+    """Found by the CLI fuzz's soak mode: a missing folder was a FileNotFoundError traceback."""
+    from lrpilot.monitor.store import Store
+
+    db = tmp_path / "runs.db"
+    store = Store(db)
+    store.open_run("0123456789ab", "myrun")
+    store.close()
+    out = tmp_path / where
+    r = lrpilot("export", "myrun", "--db", str(db), "--output", str(out))
+    assert r.returncode == 1, r
+    assert r.stderr.strip().splitlines() == [
+        f"lrpilot: error: cannot write {out}: "
+        f"{'No such file or directory' if where != '.' else 'Is a directory'}; "
+        "check that its folder exists and is writable"
+    ], r.stderr
