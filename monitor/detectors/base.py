@@ -327,12 +327,11 @@ class Detector(ABC):
         nonfinite = self._nonfinite
         for step, value in zip(steps, values, strict=True):
             # _update may read the counters (the divergence detector's stuck test does)
+            self._last_step = step
             if value - value != 0.0:  # NaN or +-inf
-                self._last_step = step
                 self.nonfinite += 1
                 hit = nonfinite(step, value)
             else:
-                self._last_step = step
                 self.points += 1
                 hit = finite(step, value)
             if hit is not None:
