@@ -366,6 +366,9 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
                 run=f"{task.name}-{opt}-{meth}-lr{lr:.0e}-s{s}", optimizer=proxies[m],
                 endpoint=endpoint, control="auto", scheduler=scheds.get(m), close_timeout=30,
                 model=RunView(model, optim, m), rewind=True, **_no_stats(),
+                # "auto" knows the run's length and decays the LR at its end itself;
+                # "auto_cosine" leaves the decay to its cosine schedule.
+                total_steps=steps if meth == "auto" else None,
                 config={"task": task.name, "optimizer": opt, "method": meth, "lr0": lr,
                         "seed": s},
             )  # fmt: skip

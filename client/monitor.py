@@ -93,6 +93,10 @@ class Monitor:
             approves), ``"auto"`` (the controller changes the LR), or ``"off"`` (watch only).
         scheduler: the LR scheduler driving ``optimizer``, if any: lrpilot's changes then
             compose as a multiplier on top of it instead of being undone by its next step.
+        total_steps: the steps the run will take, if known. Under ``control="auto"`` the
+            controller then ends the run with a linear LR decay over its last 20 %
+            (``policy.decay_share``), which lowers the final loss below what any constant LR
+            reaches. Leave it out when your own scheduler already decays the LR.
         config: JSON-able run configuration shown next to the run (hyperparameters...).
         flush_every: hand records to the sender every this many steps...
         flush_interval: ...or after this many seconds, whichever comes first.
@@ -140,6 +144,7 @@ class Monitor:
         *,
         control: str = "advise",
         scheduler: Any = None,
+        total_steps: int | None = None,
         config: Mapping[str, Any] | None = None,
         flush_every: int = 20,
         flush_interval: float = 1.0,
@@ -169,6 +174,12 @@ class Monitor:
             )
         if scheduler is not None and optimizer is None:
             raise MonitorConfigError("scheduler= needs the optimizer it drives: pass optimizer=")
+        if total_steps is not None and (
+            isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+        ):
+            raise MonitorConfigError(
+                f"total_steps must be a positive int or None, got {total_steps!r}"
+            )
         if flush_every < 1 or flush_interval <= 0:
             raise MonitorConfigError(
                 f"flush_every must be >= 1 and flush_interval > 0, got {flush_every}, "
@@ -243,6 +254,7 @@ class Monitor:
                 control=control,
                 config={k: (v if isinstance(v, (int, float, str, bool)) else repr(v))
                         for k, v in cfg.items()},
+                total_steps=total_steps or 0,
                 secret=self._secret,
             )
         )  # fmt: skip

@@ -126,6 +126,8 @@ class Hello(_Base, tag="hello"):
     optimizer: str | None = None
     control: str = "advise"
     config: dict[str, Any] = {}
+    # The run's planned length in steps (0: unknown); auto control ends it with a decay.
+    total_steps: Count = 0
     # Per-run secret made by the client: only its holder may hello again for this run id.
     secret: Annotated[str, msgspec.Meta(max_length=64)] = ""
 

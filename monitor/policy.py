@@ -44,6 +44,13 @@ follow-through) after which the loss level (median over ``probation`` steps) fel
 ``follow_gain`` of what it was before is repeated at once (kind ``follow``), outside cooldown
 and cap. A run held up by the noise floor of a too-high LR gains a lot from each halving and
 keeps halving; one at a sensible LR gains little and stops after the first.
+
+Final decay: when the run's length is known (``total_steps``) and the mode is ``auto``, the
+last ``decay_share`` of the run lowers the LR linearly towards 0 in ``decay_stages`` steps
+(kind ``decay``), whatever LR the rules above arrived at: they find the LR to train at, the
+decay then trades the noise floor of that LR for a lower one, as the decay phase of a
+warmup-stable-decay schedule does. Decay stages bypass cooldown and cap; from the first one
+no increase is made and no cut is credited for the fall the decay causes.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from .detectors.base import check_choice, check_int, check_real, median
 
 __all__ = [
     "CONTROL_MODES",
+    "DECAY",
     "EMERGENCIES",
     "Decision",
     "Policy",
@@ -76,6 +84,8 @@ __all__ = [
 CONTROL_MODES = ("auto", "advise", "off")
 EMERGENCIES = ("spike", "divergence")
 _PRIORITY = {"divergence": 0, "spike": 1, "oscillation": 2, "plateau": 3, "lr_too_small": 4}
+#: The policy's own scheduled act: the LR decay over the end of a run of known length.
+DECAY = "decay"
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,13 @@ class PolicyConfig:
             while the cosine has at least 20 points and does not say the steps are too small
             (a slow start at a tiny LR is no better than its first point either); 0 turns
             it off. The divergence detector's own stuck test waits ``stuck_after`` (1,000).
+        total_steps: the run's planned length (``Monitor(total_steps=...)`` sends it); 0 when
+            unknown. With it, ``auto`` mode ends the run with a decay (kind ``decay``).
+        decay_share: the final share of ``total_steps`` over which the LR decays linearly
+            towards 0, in ``decay_stages`` equal stages, as the last phase of a
+            warmup-stable-decay schedule does: a constant LR leaves the loss at its noise
+            floor, the decay lowers it. No increase is made from its start; 0 turns it off.
+        decay_stages: LR changes the decay is made of (each one an event).
     """
 
     mode: str | None = None
@@ -152,6 +169,9 @@ class PolicyConfig:
     early_stuck: int = 100
     climb_threshold: float = 0.02
     climb_window: int = 400
+    total_steps: int = 0
+    decay_share: float = 0.2
+    decay_stages: int = 10
 
     def __post_init__(self) -> None:
         if self.mode is not None:
@@ -181,6 +201,9 @@ class PolicyConfig:
         check_int("policy.climb_window", self.climb_window, low=10, high=100_000)
         if self.early_stuck != 0:
             check_int("policy.early_stuck", self.early_stuck, low=20)
+        check_int("policy.total_steps", self.total_steps, low=0)
+        check_real("policy.decay_share", self.decay_share, low=0.0, high=1.0, high_open=True)
+        check_int("policy.decay_stages", self.decay_stages, low=1, high=1000)
 
 
 @dataclass(frozen=True)
@@ -253,6 +276,7 @@ class Policy:
         self._losses: deque[float] = deque(maxlen=2 * self.config.probation)
         self._step = 0
         self._lr: float | None = None  # the LR at the last decision
+        self._decay_stage = 0  # stages of the final decay made so far
 
     @property
     def mode(self) -> str:
@@ -302,6 +326,9 @@ class Policy:
         force, None if unknown), or a ``follow`` cut (see the module docstring).
         """
         self._step = step
+        decay = self._decay_due(step, lr)
+        if decay is not None:
+            return decay
         if not math.isfinite(value):
             return None
         self._losses.append(value)
@@ -325,6 +352,52 @@ class Policy:
             f" steps after the increase at step {trial['step']}, worse"
         )
         return self._undo(step, reason, {"before": trial["before"], "after": after})
+
+    def decay_start(self) -> float:
+        """The step the final decay begins at; inf when it is off (no ``total_steps``,
+        ``decay_share`` 0, or a mode other than ``auto``)."""
+        c = self.config
+        if c.total_steps <= 0 or c.decay_share <= 0.0 or self.mode != "auto":
+            return math.inf
+        return c.total_steps * (1.0 - c.decay_share)
+
+    def _decay_due(self, step: int, lr: float | None) -> Decision | None:
+        """The next stage of the final decay once ``step`` reaches it, else None.
+
+        Stage k of n holds the LR at ``1 - (k - 0.5) / n`` of its level when the decay began
+        (the midpoint of a linear decay to 0 over the stage), as a ``scale`` of the LR in
+        force, so cuts and a person's changes made meanwhile compose with it.
+        """
+        c = self.config
+        start = self.decay_start()
+        if step < start or self._decay_stage >= c.decay_stages:
+            return None
+        n = c.decay_stages
+        length = max(c.total_steps - start, 1.0)
+        stage = min(n, int((step - start) / length * n) + 1)
+        if stage <= self._decay_stage:
+            return None
+        level_before = 1.0 - (self._decay_stage - 0.5) / n if self._decay_stage else 1.0
+        level = 1.0 - (stage - 0.5) / n
+        factor = level / level_before
+        if self._decay_stage == 0:
+            # From here on the loss falls because of the decay: neither an increase on
+            # probation nor a cut being judged may take the credit (or the blame).
+            self._probation = self._deferred = self._cut_trial = None
+        self._decay_stage = stage
+        reason = (
+            f"final decay {stage}/{n}: step {step} of {c.total_steps}, LR x{factor:.3g} "
+            f"({level:.0%} of its level at step {start:.0f}; linear towards 0 over the last "
+            f"{c.decay_share:.0%} of the run)"
+        )
+        command: tuple[str, float] | None = ("scale", factor)
+        why_not = ""
+        if lr is not None and lr * factor < c.min_lr:
+            command = ("set", c.min_lr) if lr > c.min_lr * (1.0 + 1e-9) else None
+            why_not = "" if command else f"bound: LR {lr:.3g} is at min_lr {c.min_lr:.3g}"
+        data = {"stage": stage, "stages": n, "factor": factor, "level": level,
+                "total_steps": c.total_steps}  # fmt: skip
+        return self._finish(step, DECAY, reason, command, why_not, data)
 
     def _judge_cut(self, step: int) -> Decision | None:
         cut = self._cut_trial
@@ -435,6 +508,8 @@ class Policy:
         c = self.config
         if c.increase_factor <= 1.0 or c.max_increases == 0:
             return None, "increases are off (increase_factor 1 or max_increases 0)"
+        if self._decay_stage:
+            return None, "the final decay is on: no more increases"
         if self._increase_blocked:
             return None, f"no more increases: {self._increase_blocked}"
         if self._probation is not None:
@@ -500,7 +575,7 @@ class Policy:
     def _record_change(self, step: int, decision: Decision) -> None:
         c = self.config
         self._quiet_until = max(self._quiet_until, step + c.cooldown)
-        if decision.kind != "lr_too_small":
+        if decision.kind not in ("lr_too_small", DECAY):
             self._changes.append(step)
             self._hold_increase_until = max(self._hold_increase_until, step + c.cooldown)
         if decision.kind in EMERGENCIES:
@@ -512,7 +587,11 @@ class Policy:
             self._increase_unacked = True
             self._probation = {"step": step, "before": before, "lr_before": self._lr}
         self._cut_trial = None
-        if decision.kind in ("plateau", "oscillation", "follow") and decision.command:
+        if (
+            decision.kind in ("plateau", "oscillation", "follow")
+            and decision.command
+            and not self._decay_stage
+        ):
             action, value = decision.command
             lr = self._lr
             factor = value if action == "scale" else (value / lr if lr else 0.5)

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,7 @@ class _Session:
     requested: str  # the control mode the run asked for
     policy: RunPolicy
     last_heard: float
+    total_steps: int = 0  # the run's planned length, from its Hello (0: unknown)
     paused: bool = False  # a manual override; mirrors the run's RunController
     finished: bool = False
     needs_resend: bool = False  # a commit of its batches failed: ask for them again
@@ -377,11 +378,19 @@ class Controller:
             self._release_lock()
             self._close_context()
 
+    def _policy_for(self, name: str, total_steps: int) -> RunPolicy:
+        """The policy file's policy for a run, with the length the run announced (which wins
+        over a ``total_steps`` the file sets; the file's serves runs that do not say)."""
+        policy = self.policy.for_run(name)
+        if total_steps > 0:
+            policy = replace(policy, rules=replace(policy.rules, total_steps=total_steps))
+        return policy
+
     def _apply_policy(self, policy: PolicyFile) -> None:
         self.policy = policy
         for session in self._sessions.values():
             if not session.finished:
-                session.policy = policy.for_run(session.name)
+                session.policy = self._policy_for(session.name, session.total_steps)
                 self._detection.set_policy(session.run_id, session.policy)
         self._detection.flush()
         log.info("policy reloaded from %s; applied to %d live run(s)", self.policy_path,
@@ -540,11 +549,16 @@ class Controller:
                 self._forget_runs(room=1)
             session = _Session(
                 run_id=hello.run_id, name=hello.run, identity=identity, requested=hello.control,
-                policy=self.policy.for_run(hello.run), last_heard=time.time(),
+                policy=self._policy_for(hello.run, hello.total_steps), last_heard=time.time(),
+                total_steps=hello.total_steps,
             )  # fmt: skip
             self._detection.open(session.run_id, session.requested, session.policy)
             self._sessions[hello.run_id] = session
             log.info("run %s (%s) connected, control=%s", hello.run, hello.run_id, session.mode)
+        elif hello.total_steps != session.total_steps:  # a resumed run with a new plan
+            session.total_steps = hello.total_steps
+            session.policy = self._policy_for(session.name, session.total_steps)
+            self._detection.set_policy(session.run_id, session.policy)
         # open_run stored what the run asked for; store what is in force (a policy file's
         # override, or a pause that outlived a reconnect).
         state = "paused" if session.paused else session.mode

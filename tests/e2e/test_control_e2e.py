@@ -67,6 +67,28 @@ def test_far_too_high_lr_is_cut_and_a_good_lr_is_left_alone(tmp_path) -> None:
         )  # fmt: skip
 
 
+def test_a_run_of_known_length_ends_with_the_decay(tmp_path) -> None:
+    with ThreadedController(tmp_path / "c.db") as c:
+        mon = digits_run(lambda p: torch.optim.Adam(p, lr=3e-3), 600, c.endpoint, "auto",
+                         "known-length", total_steps=600)  # fmt: skip
+        decay = [ch for ch in mon.changes if ch.trigger == "decay"]
+        store = Store(c.db, readonly=True)
+        # Ten stages decided from step 480 on, linear towards 0 (5 % at the last, step 588);
+        # detection may still be on the last flush when close() returns.
+        wait_for(lambda: sum(e.kind == "decay" for e in store.events(mon.run_id)) >= 10,
+                 what="ten decay stages recorded")  # fmt: skip
+        events = store.events(mon.run_id)
+        stages = [e for e in events if e.kind == "decay"]
+        assert [e.data["stage"] for e in stages] == list(range(1, 11)), stages
+        assert min(e.step for e in stages) == 480
+        # A command takes a flush or two to arrive: the last stage may land after step 600.
+        assert len(decay) >= 9, [(ch.step, ch.trigger, ch.reason) for ch in mon.changes]
+        last = int(decay[-1].reason.split("final decay ", 1)[1].split("/", 1)[0])
+        ratio = decay[-1].lrs_after[0] / decay[0].lrs_before[0]
+        assert abs(ratio - (1 - (last - 0.5) / 10)) < 1e-6, [(ch.step, ch.reason) for ch in decay]
+        assert all(e.kind != "lr_too_small" for e in events if e.step >= 480)
+
+
 def test_advise_records_and_a_person_approves(tmp_path) -> None:
     with ThreadedController(tmp_path / "a.db") as c:
         store = Store(c.db, readonly=True)

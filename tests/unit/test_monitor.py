@@ -82,6 +82,21 @@ def test_absurd_run_names(run: str) -> None:
         Monitor(run=run, transport=MemoryTransport())
 
 
+@pytest.mark.parametrize("total_steps", [0, -5, 1.5, True, "100"])
+def test_bad_total_steps_is_refused(total_steps: object) -> None:
+    with pytest.raises(MonitorConfigError, match="total_steps"):
+        Monitor(run="x", total_steps=total_steps, transport=MemoryTransport())  # type: ignore[arg-type]
+
+
+def test_total_steps_travels_in_the_hello() -> None:
+    transport = MemoryTransport()
+    Monitor(run="x", total_steps=3000, transport=transport)
+    assert transport.hello is not None and transport.hello.total_steps == 3000
+    plain = MemoryTransport()
+    Monitor(run="y", transport=plain)
+    assert plain.hello is not None and plain.hello.total_steps == 0
+
+
 def test_bad_endpoint_and_control_mode() -> None:
     with pytest.raises(MonitorConfigError, match="malformed endpoint"):
         Monitor(run="x", endpoint="localhost:5555", transport=MemoryTransport())

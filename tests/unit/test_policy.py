@@ -224,3 +224,69 @@ def test_no_increase_stacks_on_one_not_yet_applied() -> None:
     p.changed(121)
     feed_losses(p, 120, 140, lambda s: 0.8)
     assert p.decide(det(140, "lr_too_small"), 0.2).command == ("set", 0.3)
+
+
+def _run_losses(p: Policy, steps: range, lr: float, loss: float = 1.0) -> tuple[float, list]:
+    """Feed a flat loss; apply every command to ``lr``; return the LR and the decisions."""
+    made = []
+    for s in steps:
+        d = p.observe_loss(s, loss, lr)
+        if d is not None:
+            made.append(d)
+            if d.command is not None:
+                action, value = d.command
+                lr = lr * value if action == "scale" else value
+    return lr, made
+
+
+def test_final_decay_follows_a_linear_ramp_in_stages() -> None:
+    p = auto(total_steps=1000, decay_share=0.2, decay_stages=4)
+    lr, made = _run_losses(p, range(1000), 0.1)
+    assert [d.kind for d in made] == ["decay"] * 4
+    assert [d.step for d in made] == [800, 850, 900, 950]
+    levels = [d.data["level"] for d in made]
+    assert levels == pytest.approx([0.875, 0.625, 0.375, 0.125])
+    assert lr == pytest.approx(0.1 * 0.125), "the stages compose to the last level"
+    assert "final decay 4/4: step 950 of 1000" in made[-1].reason
+
+
+def test_final_decay_skipped_stages_are_made_up_at_once() -> None:
+    p = auto(total_steps=1000, decay_share=0.2, decay_stages=4)
+    lr, made = _run_losses(p, range(0, 1000, 120), 1.0)  # a point every 120 steps
+    assert [d.data["stage"] for d in made] == [1, 4], "steps 840 and 960: 2 and 3 skipped"
+    assert lr == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize(
+    ("mode", "rules", "why"),
+    [
+        ("advise", {"total_steps": 1000}, "mode"),
+        ("auto", {"total_steps": 0}, "no length"),
+        ("auto", {"total_steps": 1000, "decay_share": 0.0}, "share 0"),
+    ],
+)
+def test_final_decay_only_in_auto_with_a_known_length(mode, rules, why) -> None:  # type: ignore[no-untyped-def]
+    p = Policy(PolicyConfig(**rules), mode)
+    _, made = _run_losses(p, range(1000), 0.1)
+    assert made == [], why
+
+
+def test_final_decay_ends_increases_and_follow_through() -> None:
+    p = auto(total_steps=1000, decay_share=0.5, cooldown=0, probation=50)
+    _run_losses(p, range(500), 0.1)
+    cut = p.decide(det(499, "plateau"), 0.1)
+    assert cut.command == ("scale", 0.5)
+    # The decay starts at 500 and the loss then falls steeply: that is the decay's doing,
+    # so no follow-through cut may claim it, and no increase is made any more.
+    falling = [p.observe_loss(s, 1.0 / (s - 490), 0.05) for s in range(500, 600)]
+    assert {d.kind for d in falling if d is not None} == {"decay"}
+    refused = p.decide(det(600, "lr_too_small"), 0.03)
+    assert refused.command is None and "final decay" in refused.why_not
+    assert p.decide(det(601, "divergence"), 0.03).command == ("scale", 0.1), "emergencies cut"
+
+
+def test_final_decay_clips_at_min_lr() -> None:
+    p = auto(total_steps=100, decay_share=0.5, decay_stages=2, min_lr=0.01)
+    lr, made = _run_losses(p, range(100), 0.02)
+    assert [d.command for d in made] == [("scale", 0.75), ("set", 0.01)]
+    assert lr == 0.01
