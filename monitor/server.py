@@ -14,6 +14,10 @@ keeps everything), and at most ``_MAX_SESSIONS`` runs are held.
 
 Anything that does not decode, or does not fit the run it claims, is counted by reason and
 dropped; it never stops the loop.
+
+This module holds the loop, the ingest path and the sessions' lifetime; two parts of the
+:class:`Controller` live in modules of their own: :mod:`.commands` (decisions become events
+and LR commands, acks close them) and :mod:`.requests` (the CLI's and dashboard's requests).
 """
 
 from __future__ import annotations
@@ -22,11 +26,10 @@ import contextlib
 import fcntl
 import ipaddress
 import logging
-import os
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import asdict, dataclass, field, replace
+from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +39,21 @@ from ..client.protocol import (
     MAX_MESSAGE_BYTES,
     BatchAck,
     Bye,
-    Command,
     CommandAck,
     Heartbeat,
     Hello,
     Metrics,
     ProtocolError,
     Rehello,
-    Reply,
     Request,
     Welcome,
     check_endpoint,
-    check_lr,
     decode,
     encode,
 )
-from .control import Decision
+from .commands import CommandFlow
 from .detection import Detection, InlineDetection, WorkerDetection
 from .errors import (
-    ControllerError,
-    LrpilotError,
     RunOwned,
     ServeError,
     StoreError,
@@ -63,6 +61,8 @@ from .errors import (
 )
 from .policy import RunPolicy
 from .policy_file import DEFAULT_POLICY, PolicyFile, PolicyFileError, PolicyWatcher
+from .requests import RequestHandlers
+from .sessions import ControllerStats, Session
 from .store import Store
 
 __all__ = ["Controller", "ControllerStats"]
@@ -89,47 +89,6 @@ _MAX_SESSIONS = 1024
 #: ``_FORGET_AFTER`` seconds (at least): it says Hello again if it comes back.
 _FORGET_AFTER = 60.0
 _STALE_FACTOR = 4
-#: Longest error text sent back (a reply must stay within the protocol's bounds).
-_MAX_ERROR = 500
-
-
-@dataclass
-class _Session:
-    """A run that said Hello to this controller process."""
-
-    run_id: str
-    name: str
-    identity: bytes
-    requested: str  # the control mode the run asked for
-    policy: RunPolicy
-    last_heard: float
-    total_steps: int = 0  # the run's planned length, from its Hello (0: unknown)
-    paused: bool = False  # a manual override; mirrors the run's RunController
-    finished: bool = False
-    needs_resend: bool = False  # a commit of its batches failed: ask for them again
-
-    @property
-    def mode(self) -> str:
-        """The mode in force (the policy's override, else what the run asked for)."""
-        return self.policy.rules.mode or self.requested
-
-
-@dataclass
-class ControllerStats:
-    """Counters shown by ``lrpilot status``."""
-
-    started: float = field(default_factory=time.time)
-    messages: int = 0
-    points: int = 0
-    batches: int = 0
-    duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    commands_sent: int = 0
-
-
-def _short(text: str) -> str:
-    """An error line cut to what a Reply may carry (a stranger's input can be huge)."""
-    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
 
 
 def _is_loopback(endpoint: str) -> bool:
@@ -144,7 +103,7 @@ def _is_loopback(endpoint: str) -> bool:
         return False
 
 
-class Controller:
+class Controller(CommandFlow, RequestHandlers):
     """The lrpilot controller.
 
     Args:
@@ -200,7 +159,7 @@ class Controller:
         self.stats = ControllerStats()
         self.endpoint = ""
         self.store: Store | None = None
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._stop = threading.Event()
         self.ready = threading.Event()
         self._lock_file: Any = None
@@ -547,7 +506,7 @@ class Controller:
         if session is None:
             if len(self._sessions) >= _MAX_SESSIONS:
                 self._forget_runs(room=1)
-            session = _Session(
+            session = Session(
                 run_id=hello.run_id, name=hello.run, identity=identity, requested=hello.control,
                 policy=self._policy_for(hello.run, hello.total_steps), last_heard=time.time(),
                 total_steps=hello.total_steps,
@@ -615,124 +574,7 @@ class Controller:
             self._sessions[run_id].needs_resend = False
             self._send(identity, BatchAck(run_id=run_id, seq=seq, resend=gap))
 
-    # ---------------------------------------------------------------- control
-
-    def _record_results(self) -> None:
-        """Record the decisions detection has made since the last call, in order."""
-        for run_id, decision in self._detection.results():
-            session = self._sessions.get(run_id)
-            if session is None:  # forgotten since: keep the event, send nothing
-                assert self.store is not None
-                self.store.add_event(run_id, decision.step, decision.kind, decision.reason,
-                                     dict(decision.data))  # fmt: skip
-                continue
-            self._guarded(self._record_decision, session, decision)
-
-    def _record_decision(self, session: _Session, d: Decision, source: str = "auto") -> None:
-        assert self.store is not None
-        data = dict(d.data)
-        if d.command is not None:
-            data["command"] = list(d.command)
-        if d.why_not:
-            data["why_not"] = d.why_not
-        self.store.add_event(session.run_id, d.step, d.kind, d.reason, data)
-        if d.command is None:
-            log.info(
-                "run %s step %d: %s (no command: %s)", session.name, d.step, d.reason, d.why_not
-            )
-            return
-        action, value = d.command
-        run = self.store.run(session.run_id)
-        cid = self.store.add_command(
-            session.run_id, action, value, source=source, who="lrpilot", reason=d.reason,
-            lrs_before=run.lrs,
-        )  # fmt: skip
-        log.info("run %s step %d: %s -> %s %g", session.name, d.step, d.reason, action, value)
-        if session.finished:  # it said bye before detection caught up with its last points
-            self.store.cancel_pending_commands(session.run_id, "the run finished first")
-            return
-        self._send_command(session, cid, action, value, source, d.reason, trigger=d.kind)
-
-    def _send_command(
-        self, session: _Session, cid: int, action: str, value: float, source: str, reason: str,
-        trigger: str = "",
-    ) -> None:  # fmt: skip
-        assert self.store is not None
-        msg = Command(
-            run_id=session.run_id, command_id=cid, action=action, value=value, source=source,
-            reason=reason, trigger=trigger,
-        )  # fmt: skip
-        if self._send(session.identity, msg):
-            self.stats.commands_sent += 1
-            self.store.mark_command_sent(cid)
-
-    def _on_command_ack(
-        self, session: _Session, ack: CommandAck, received: float | None = None
-    ) -> None:
-        assert self.store is not None
-        if not self.store.mark_command_done(
-            ack.command_id, run_id=session.run_id, step=ack.step, lrs=ack.lrs, ok=ack.ok,
-            error=ack.error, now=received,
-        ):  # fmt: skip
-            try:
-                known = self.store.command(ack.command_id).run_id == session.run_id
-            except StoreError:
-                known = False
-            if not known:  # a repeat of an ack already recorded is fine; this is not
-                self._reject("ack for unknown command")
-            return
-        if ack.ok:
-            self._detection.lr_changed(session.run_id, ack.step)
-        if ack.rewind_step is not None:
-            cmd = self.store.command(ack.command_id)
-            before = ", ".join(f"{x:.3g}" for x in cmd.lrs_before or [])
-            after = ", ".join(f"{x:.3g}" for x in ack.lrs)
-            lost = ack.step - ack.rewind_step
-            why = cmd.reason.split(":", 1)[0] or "cut"
-            self.store.add_event(
-                session.run_id, ack.step, "rewind",
-                f"rewind: restored the step {ack.rewind_step} snapshot after a {why}; "
-                f"{lost} steps lost; lr {before} -> {after}",
-                {"rewind_step": ack.rewind_step, "steps_lost": lost, "lrs_before":
-                 cmd.lrs_before, "lrs_after": list(ack.lrs)},
-            )  # fmt: skip
-
-    # ---------------------------------------------------------------- requests
-
-    def _on_request(self, req: Request) -> Reply:
-        handler = getattr(self, f"_op_{req.op}", None)
-        if handler is None:
-            self._reject("unknown request")
-            return Reply(ok=False, error=_short(f"unknown request {req.op!r}"))
-        try:
-            return Reply(ok=True, data=handler(**req.args))
-        except LrpilotError as exc:
-            return Reply(ok=False, error=_short(str(exc)))
-        except (TypeError, ValueError, OverflowError) as exc:  # e.g. id=1e300 from a stranger
-            self._reject("bad request")
-            return Reply(ok=False, error=_short(f"bad request {req.op[:64]!r}: {exc}"))
-
-    def _live_run(self, run: str) -> _Session:
-        assert self.store is not None
-        record = self.store.find_run(str(run))
-        session = self._sessions.get(record.id)
-        if record.status == "finished" or (session is not None and session.finished):
-            raise ControllerError(
-                f"run {record.name!r} ({record.id}) has finished; its LR can no longer change"
-            )
-        if record.status == "stale":
-            age = time.time() - record.last_seen
-            raise ControllerError(
-                f"run {record.name!r} ({record.id}) is stale: nothing heard from it for "
-                f"{age:.0f} s (its process may have died); its LR can change again once it "
-                "reconnects"
-            )
-        if session is None:
-            raise ControllerError(
-                f"run {record.name!r} ({record.id}) is not connected to this controller "
-                f"(status {record.status}); it reconnects by itself if it is still training"
-            )
-        return session
+    # ---------------------------------------------------------------- memory
 
     def _forget_runs(self, room: int = 0) -> None:
         """Forget the in-memory state of finished and long-silent runs (the store keeps
@@ -757,111 +599,3 @@ class Controller:
                 self.store.forget(run_id)
         if gone:
             log.info("forgot the in-memory state of %d finished or silent run(s)", len(gone))
-
-    def _op_ping(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "db": str(self.db_path.resolve()), "pid": os.getpid()}
-
-    def _op_runs(self) -> list[dict[str, Any]]:
-        assert self.store is not None
-        return [asdict(r) for r in self.store.runs()]  # the store keeps "paused" in sync
-
-    def _op_history(self, run: str) -> list[dict[str, Any]]:
-        assert self.store is not None
-        return [asdict(c) for c in self.store.commands(self.store.find_run(str(run)).id)]
-
-    def _op_events(self, run: str) -> list[dict[str, Any]]:
-        assert self.store is not None
-        return [asdict(e) for e in self.store.events(self.store.find_run(str(run)).id)]
-
-    def _op_command(self, id: int) -> dict[str, Any]:
-        assert self.store is not None
-        return asdict(self.store.command(int(id)))
-
-    def _op_set_lr(self, run: str, value: Any, who: str = "cli") -> dict[str, Any]:
-        return self._manual(run, "set", check_lr(value, "LR"), who)
-
-    def _op_scale_lr(self, run: str, factor: Any, who: str = "cli") -> dict[str, Any]:
-        return self._manual(run, "scale", check_lr(factor, "scale factor"), who)
-
-    def _manual(self, run: str, action: str, value: float, who: str) -> dict[str, Any]:
-        assert self.store is not None
-        session = self._live_run(run)
-        record = self.store.run(session.run_id)
-        if not record.lrs:
-            raise ControllerError(f"run {record.name!r} reports no optimizer; nothing to change")
-        reason = f"manual {action} {value:g} by {who}"
-        cid = self.store.add_command(
-            session.run_id, action, value, source="manual", who=str(who), reason=reason,
-            lrs_before=record.lrs,
-        )  # fmt: skip
-        if session.mode == "auto" and not session.paused:
-            session.paused = True
-            self._detection.pause(session.run_id)
-            self.store.set_control(session.run_id, "paused")
-            self.store.add_event(
-                session.run_id, max(record.last_step, 0), "paused",
-                "manual LR change: automatic control paused until `lrpilot resume`",
-            )  # fmt: skip
-        self._send_command(session, cid, action, value, "manual", reason)
-        return {"command_id": cid, "run_id": session.run_id, "run": record.name}
-
-    def _op_pause(self, run: str) -> dict[str, Any]:
-        assert self.store is not None
-        session = self._live_run(run)
-        session.paused = True
-        self._detection.pause(session.run_id)
-        self.store.set_control(session.run_id, "paused")
-        record = self.store.run(session.run_id)
-        self.store.add_event(
-            session.run_id, max(record.last_step, 0), "paused", "automatic control paused"
-        )
-        return {"run_id": session.run_id, "control": "paused"}
-
-    def _op_approve(self, run: str, who: str = "cli") -> dict[str, Any]:
-        assert self.store is not None
-        session = self._live_run(run)
-        try:
-            decision = self._detection.approve(session.run_id)
-        except TimeoutError:
-            raise ControllerError(
-                f"detection is busy; nothing approved for run {session.name!r}, try again"
-            ) from None
-        self._record_results()  # what detection decided before the approval comes first
-        if decision is None or decision.command is None:
-            raise ControllerError(
-                f"run {session.name!r} has no advised LR change awaiting approval "
-                "(`lrpilot events` shows what was detected)"
-            )
-        decision = Decision(decision.step, decision.kind, f"{decision.reason} (by {who})",
-                            decision.command, "", decision.data)  # fmt: skip
-        self._record_decision(session, decision, source="approved")
-        cmd = self.store.commands(session.run_id)[-1]
-        return {"command_id": cmd.id, "run_id": session.run_id, "run": session.name}
-
-    def _op_resume(self, run: str) -> dict[str, Any]:
-        assert self.store is not None
-        session = self._live_run(run)
-        session.paused = False
-        self._detection.resume(session.run_id)
-        self.store.set_control(session.run_id, session.mode)
-        record = self.store.run(session.run_id)
-        self.store.add_event(
-            session.run_id, max(record.last_step, 0), "resumed", "automatic control resumed"
-        )
-        return {"run_id": session.run_id, "control": session.mode}
-
-    def _op_status(self) -> dict[str, Any]:
-        assert self.store is not None
-        elapsed = max(time.time() - self.stats.started, 1e-9)
-        live = sum(1 for r in self.store.runs() if r.status == "live")
-        size = sum(
-            p.stat().st_size for p in (self.db_path, Path(f"{self.db_path}-wal")) if p.exists()
-        )
-        return {
-            "endpoint": self.endpoint, "db": str(self.db_path.resolve()), "db_bytes": size,
-            "uptime_s": elapsed, "messages": self.stats.messages, "points": self.stats.points,
-            "points_per_s": self.stats.points / elapsed, "batches": self.stats.batches,
-            "duplicates": self.stats.duplicates, "rejected": dict(self.stats.rejected),
-            "live_runs": live, "commands_sent": self.stats.commands_sent,
-            "runs_in_memory": len(self._sessions), "detection_backlog": self._detection.backlog,
-        }  # fmt: skip
