@@ -14,10 +14,11 @@ In one run on this machine (issue 7):
     controller);
 (c) the raw pyzmq receive rate, DEALER -> ROUTER, msgpack batches of the same shape,
     received and decoded (untyped);
-(d) LR command latency under the load of (a): a real torch run with Monitor (one OpenMP
-    thread, ``--torch-threads``) gets a ``set_lr`` request every ``--command-every``
-    seconds; latency is the controller's ``applied_time`` minus the wall time just before
-    the request was sent (also split: until the controller sent the command to the run);
+(d) LR command latency under the load of (a): ``--torch-runs`` real torch runs (2, as the
+    issue asks) with Monitor (one OpenMP thread each, ``--torch-threads``) get a ``set_lr``
+    request every ``--command-every`` seconds, in turn; latency is the controller's
+    ``applied_time`` minus the wall time just before the request was sent (also split:
+    until the controller sent the command to the run);
 (e) the controller's peak RSS (VmHWM);
 (f) detection alone, in this process: microseconds per record of ``RunController.observe``
     on one run's batches of the same shape, a series at a time (what the controller does)
@@ -159,24 +160,31 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     db = tmp / "ingest.db"
     serve = Serve(db, profile)
     stop = tmp / "stop"
-    train = None
+    trains: list[Any] = []
     latencies: list[float] = []
     to_sent: list[float] = []  # request sent -> command sent to the run
+    runs = [f"torch-{i}" for i in range(args.torch_runs)]
     try:
         with _torch_threads(args.torch_threads):
-            train = start_training(
-                serve.endpoint, tmp / "train.json", stop, "--run", "torch", "--pace", "0.01"
-            )
+            for run in runs:
+                out = tmp / f"train-{run}.json"
+                trains.append(
+                    start_training(serve.endpoint, out, stop, "--run", run, "--pace", "0.01")
+                )
         client = ControllerClient(serve.endpoint, timeout=30)
         deadline = time.monotonic() + 60
-        while not any(r["name"] == "torch" and r["last_step"] > 5 for r in client.request("runs")):
+        while not all(
+            any(r["name"] == run and r["last_step"] > 5 for r in client.request("runs"))
+            for run in runs
+        ):
             if time.monotonic() > deadline:
-                raise RuntimeError("the torch run did not start streaming")
+                raise RuntimeError("the torch runs did not start streaming")
             time.sleep(0.1)
         idle: list[float] = []  # the same command latency with no load, for comparison
         for k in range(10):
             t = time.time()
-            reply = client.request("set_lr", run="torch", value=0.02 + 0.001 * k, who="b")
+            reply = client.request("set_lr", run=runs[k % len(runs)], value=0.02 + 0.001 * k,
+                                   who="b")  # fmt: skip
             state = client.wait_applied(reply["command_id"], timeout=30)
             idle.append((state["applied_time"] - t) * 1000)
         ctx = mp.get_context("spawn")
@@ -195,7 +203,8 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         k = 0
         while len(results) < len(procs):
             t = time.time()
-            reply = client.request("set_lr", run="torch", value=0.01 + 0.001 * (k % 10), who="b")
+            run = runs[k % len(runs)]
+            reply = client.request("set_lr", run=run, value=0.01 + 0.001 * (k % 10), who="b")
             sent.append((reply["command_id"], t))
             k += 1
             end = time.monotonic() + args.command_every
@@ -207,7 +216,8 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         rss = peak_rss_mb(serve.proc.pid)
         time.sleep(0.5)  # let the last command acks land before reading them
         stop.touch()
-        train.communicate(timeout=60)
+        for train in trains:
+            train.communicate(timeout=60)
         for cid, t in sent:
             state = client.request("command", id=cid)
             if state["status"] == "applied":
@@ -216,8 +226,9 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         status = client.request("status")
     finally:
         stop.touch()
-        if train is not None and train.poll() is None:
-            train.kill()
+        for train in trains:
+            if train.poll() is None:
+                train.kill()
         serve.stop()
     start = min(r["start"] for r in results)
     end = max(r["end_wall"] for r in results)
@@ -233,6 +244,7 @@ def bench_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "records_per_s": total / (end - start),
         "resent_batches": sum(r["resent"] for r in results),
         "commands": len(sent),
+        "torch_runs": len(runs),
         "commands_applied": len(latencies),
         "command_ms_p50": statistics.median(latencies) if latencies else None,
         "command_ms_p99": _pct(latencies, 99),
@@ -441,7 +453,10 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="processes driving the clients")
     ap.add_argument("--command-every", type=float, default=0.2, help="seconds between set_lr")
     ap.add_argument(
-        "--torch-threads", type=int, default=1, help="OpenMP threads of the torch run (0: default)"
+        "--torch-threads", type=int, default=1, help="OpenMP threads of each torch run (0: default)"
+    )
+    ap.add_argument(
+        "--torch-runs", type=int, default=2, help="real torch runs that receive the LR commands"
     )
     ap.add_argument("--quick", action="store_true", help="10 clients x 2,000 steps")
     ap.add_argument("--profile", action="store_true", help="cProfile the controller")
@@ -492,7 +507,7 @@ def main() -> None:
         (
             "command latency p50 / p99 / max",
             f"{ctl['command_ms_p50'] or 0:.1f} / {p99 or 0:.1f} / {ctl['command_ms_max'] or 0:.1f}"
-            f" ms ({ctl['commands_applied']}/{ctl['commands']})",
+            f" ms ({ctl['commands_applied']}/{ctl['commands']}, {ctl['torch_runs']} torch runs)",
             f"p99 < {TARGET_P99_MS:g} ms",
             p99 is not None and p99 < TARGET_P99_MS,
         ),
