@@ -223,8 +223,11 @@ class Monitor:
             # The state before the first step is the first snapshot: a start at a far too high
             # LR blows up within tens of steps, before any periodic snapshot exists.
             self._rewinder.maybe_snapshot(0)
-        self._groups = optimizer.param_groups if optimizer is not None else []
-        self._lr_names = tuple("lr" if i == 0 else f"lr/{i}" for i in range(len(self._groups)))
+        # The optimizer, not its param_groups list: load_state_dict (a rewind, or the user's own
+        # checkpoint restore) replaces that list, and LR changes made after it would go unseen.
+        self._lr_optimizer = optimizer
+        groups = optimizer.param_groups if optimizer is not None else []
+        self._lr_names = tuple("lr" if i == 0 else f"lr/{i}" for i in range(len(groups)))
         self._last_lrs: tuple[Any, ...] = ()
         self._step = 0
         self._records: list[tuple[int, tuple[str, ...], tuple[Any, ...]]] = []
@@ -275,8 +278,8 @@ class Monitor:
             self._check(names, scalars)
         records = self._records
         records.append((step, names, tuple(scalars.values())))
-        if self._groups:
-            lrs = tuple([g["lr"] for g in self._groups])
+        if self._lr_optimizer is not None:
+            lrs = tuple([g["lr"] for g in self._lr_optimizer.param_groups])
             if lrs != self._last_lrs:
                 self._last_lrs = lrs
                 records.append((step, self._lr_names, lrs))

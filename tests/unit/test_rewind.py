@@ -201,3 +201,25 @@ def test_a_spike_after_a_spike_rewind_takes_the_newest_snapshot_old_enough() -> 
     assert rw.restore(1480, margin=40) == 1400, (
         "a spike rewind does not arm the older-snapshot rule"
     )
+
+
+def test_lr_changes_after_a_rewind_are_still_reported() -> None:
+    # A rewind loads the optimizer's state, which replaces its param_groups list: the LR the
+    # controller sees must follow the new groups, or every later decision is made blind.
+    model, opt = make()
+    t = MemoryTransport()
+    mon = Monitor(run="rw", optimizer=opt, model=model, rewind=True, rewind_every=10, transport=t)
+    for _ in range(20):
+        train(model, opt, 1)
+        mon.step(loss=1.0)
+    cut(mon, t, "divergence")
+    for _ in range(3):
+        train(model, opt, 1)
+        mon.step(loss=1.0)
+    cut(mon, t, "plateau")
+    for _ in range(3):
+        train(model, opt, 1)
+        mon.step(loss=1.0)
+    mon.flush()
+    lrs = [v for _, name, v in t.points() if name == "lr"]
+    assert lrs == pytest.approx([0.01, 0.001, 0.0001])
