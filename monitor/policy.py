@@ -45,6 +45,17 @@ follow-through) after which the loss level (median over ``probation`` steps) fel
 and cap. A run held up by the noise floor of a too-high LR gains a lot from each halving and
 keeps halving; one at a sensible LR gains little and stops after the first.
 
+Probing, the search for the edge of stability: the cosine says "too small" only while the
+steps are far too small (its mean tends to 0 long before the best LR), so on its own the climb
+stops short. When the run's length is known (``total_steps``) and the mode is ``auto``, before
+``probe_share`` of the run an increase that passed its probation with no new evidence is
+followed by another one (kind ``probe``, x``increase_factor``, the same probation and cap),
+and a run that needed no change by step ``3 * probation`` gets a first one. Probing ends for
+good at the first harm or cut: a probe that makes the loss worse is undone; an oscillation,
+spike or divergence on a probe's probation sets the LR to ``probe_backoff`` x the LR before
+the probe (a spike or divergence still rewinds), not x``cut_factor``: the LR before it was
+fine; any reduction (plateau, oscillation, follow, hard cut) ends it too.
+
 Final decay: when the run's length is known (``total_steps``) and the mode is ``auto``, the
 last ``decay_share`` of the run lowers the LR linearly towards 0 in ``decay_stages`` steps
 (kind ``decay``), whatever LR the rules above arrived at: they find the LR to train at, the
@@ -74,6 +85,7 @@ __all__ = [
     "CONTROL_MODES",
     "DECAY",
     "EMERGENCIES",
+    "PROBE",
     "Decision",
     "Policy",
     "PolicyConfig",
@@ -84,6 +96,9 @@ __all__ = [
 CONTROL_MODES = ("auto", "advise", "off")
 EMERGENCIES = ("spike", "divergence")
 _PRIORITY = {"divergence": 0, "spike": 1, "oscillation": 2, "plateau": 3, "lr_too_small": 4}
+#: The policy's own increase, made without evidence that the LR is too small (probing).
+PROBE = "probe"
+_INCREASES = ("lr_too_small", PROBE)
 #: The policy's own scheduled act: the LR decay over the end of a run of known length.
 DECAY = "decay"
 
@@ -149,6 +164,10 @@ class PolicyConfig:
             warmup-stable-decay schedule does: a constant LR leaves the loss at its noise
             floor, the decay lowers it. No increase is made from its start; 0 turns it off.
         decay_stages: LR changes the decay is made of (each one an event).
+        probe_share: the share of ``total_steps`` within which probes are made (``auto``
+            mode only; see the module docstring); 0 turns probing off.
+        probe_backoff: the LR after an oscillation, spike or divergence on a probe's
+            probation, as a multiple of the LR before the probe.
     """
 
     mode: str | None = None
@@ -162,7 +181,7 @@ class PolicyConfig:
     max_changes: int = 4
     change_window: int = 2000
     increase_factor: float = 2.0
-    max_increases: int = 12
+    max_increases: int = 16
     probation: int = 100
     probation_tolerance: float = 0.02
     follow_gain: float = 0.05
@@ -172,6 +191,8 @@ class PolicyConfig:
     total_steps: int = 0
     decay_share: float = 0.2
     decay_stages: int = 10
+    probe_share: float = 0.5
+    probe_backoff: float = 0.5
 
     def __post_init__(self) -> None:
         if self.mode is not None:
@@ -204,6 +225,8 @@ class PolicyConfig:
         check_int("policy.total_steps", self.total_steps, low=0)
         check_real("policy.decay_share", self.decay_share, low=0.0, high=1.0, high_open=True)
         check_int("policy.decay_stages", self.decay_stages, low=1, high=1000)
+        check_real("policy.probe_share", self.probe_share, low=0.0, high=1.0)
+        check_real("policy.probe_backoff", self.probe_backoff, low=0.0, high=1.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -277,6 +300,7 @@ class Policy:
         self._step = 0
         self._lr: float | None = None  # the LR at the last decision
         self._decay_stage = 0  # stages of the final decay made so far
+        self._probing_over = ""  # why no more probes, once probing ended
 
     @property
     def mode(self) -> str:
@@ -336,22 +360,74 @@ class Policy:
         if follow is not None:
             return follow
         trial = self._probation
-        if trial is None or step < trial["step"] + self.config.probation:
+        if trial is None:
+            return self._probe(step, lr, None)
+        if step < trial["step"] + self.config.probation:
             return None
         after = self._level()
         if after <= trial["before"] * (1.0 + self.config.probation_tolerance):
             self._probation = None  # the increase did no harm: it stays
             deferred, self._deferred = self._deferred, None
-            if deferred is None or self._increase_for(step, lr)[0] is None:
-                return None  # nothing kept, or it would be refused now (cap, bound...)
+            if deferred is None:
+                return self._probe(step, lr, (trial, after))
+            if self._increase_for(step, lr)[0] is None:
+                return None  # it would be refused now (cap, bound...)
             return self.decide(replace(deferred, step=step,
                                        reason=f"{deferred.reason} (at step {deferred.step}, "
                                               f"during the probation)"), lr)  # fmt: skip
         reason = (
             f"undo: loss level {trial['before']:.4g} -> {after:.4g} in the {self.config.probation}"
-            f" steps after the increase at step {trial['step']}, worse"
+            f" steps after the {trial['kind']} at step {trial['step']}, worse"
         )
+        if trial["kind"] == PROBE:
+            self._probing_over = f"the probe at step {trial['step']} made the loss worse"
         return self._undo(step, reason, {"before": trial["before"], "after": after})
+
+    def probe_end(self) -> float:
+        """The step before which probes are made; 0 when probing is off (no ``total_steps``,
+        ``probe_share`` 0, or a mode other than ``auto``)."""
+        c = self.config
+        if c.total_steps <= 0 or c.probe_share <= 0.0 or self.mode != "auto":
+            return 0.0
+        return min(c.total_steps * c.probe_share, self.decay_start())
+
+    def _probe(
+        self, step: int, lr: float | None, passed: tuple[dict[str, Any], float] | None
+    ) -> Decision | None:
+        """A probe when one is due (see the module docstring), else None.
+
+        ``passed`` is the increase whose probation just passed and the loss level after it;
+        None asks whether a run that never needed a change should get its first probe.
+        """
+        c = self.config
+        if self._probing_over or step >= self.probe_end() or self.pending is not None:
+            return None
+        if passed is None and (
+            self._increases or step < 3 * c.probation or step < self._quiet_until
+            or self._cut_trial is not None or len(self._losses) < c.probation
+        ):  # fmt: skip
+            return None
+        command, _why = self._increase_for(step, lr)
+        if command is None:
+            return None
+        self._lr = lr  # the LR before the probe, for its undo
+        end = f"probing until step {self.probe_end():.0f}"
+        if passed is None:
+            level = self._level()
+            reason = (
+                f"probe: no change needed in {step} steps (loss level {level:.4g}); trying "
+                f"LR x{c.increase_factor:g}, on probation ({end})"
+            )
+            data: dict[str, Any] = {"level": level}
+        else:
+            trial, after = passed
+            reason = (
+                f"probe: loss level {trial['before']:.4g} -> {after:.4g} in the "
+                f"{c.probation} steps after the {trial['kind']} at step {trial['step']}, no "
+                f"worse; trying LR x{c.increase_factor:g}, on probation ({end})"
+            )
+            data = {"before": trial["before"], "after": after, "after_step": trial["step"]}
+        return self._finish(step, PROBE, reason, command, "", data)
 
     def decay_start(self) -> float:
         """The step the final decay begins at; inf when it is off (no ``total_steps``,
@@ -440,7 +516,11 @@ class Policy:
         kind = detection.kind
         trial = self._probation
         if trial is not None and kind in ("oscillation", *EMERGENCIES):
-            self._increase_blocked = f"the increase at step {trial['step']} was followed by {kind}"
+            self._increase_blocked = (
+                f"the {trial['kind']} at step {trial['step']} was followed by {kind}"
+            )
+            if trial["kind"] == PROBE:
+                return self._probe_failed(detection, lr, trial)
             if kind != "oscillation":  # the hard cut below does more than an undo would
                 self._probation = None
             else:
@@ -453,6 +533,39 @@ class Policy:
             self._deferred = detection
         return self._finish(detection.step, kind, detection.reason, command, why_not,
                             dict(detection.data))  # fmt: skip
+
+    def _probe_failed(
+        self, detection: Detection, lr: float | None, trial: dict[str, Any]
+    ) -> Decision:
+        """An oscillation, spike or divergence on a probe's probation: the edge is found.
+
+        The LR goes to ``probe_backoff`` x the LR before the probe (that one was fine; a
+        hard cut of x``cut_factor`` would throw away the climb); the kind stays the
+        detection's, so a spike or a divergence still rewinds.
+        """
+        c = self.config
+        self._probation = None
+        self._deferred = None
+        self._undos += 1
+        self._probing_over = f"the probe at step {trial['step']} was followed by {detection.kind}"
+        kind = detection.kind
+        if kind in EMERGENCIES and (why := self._emergency_hold(kind, detection.step)):
+            return self._finish(detection.step, kind, detection.reason, None, why,
+                                dict(detection.data))  # fmt: skip
+        lr_before = trial.get("lr_before")
+        target = lr_before * c.probe_backoff if lr_before is not None else None
+        command: tuple[str, float] = (
+            ("set", max(target, c.min_lr)) if target is not None
+            else ("scale", c.probe_backoff / c.increase_factor)
+        )  # fmt: skip
+        reason = (
+            f"{detection.reason}; the probe at step {trial['step']} went past the edge: LR "
+            f"x{c.probe_backoff:g} of its level before it"
+            + (f" ({lr_before:.3g} -> {target:.3g})" if target is not None else "")
+            + ", no more probes"
+        )
+        data = {**detection.data, "probe_step": trial["step"]}
+        return self._finish(detection.step, kind, reason, command, "", data)
 
     def approve(self) -> Decision | None:
         """Take the advised command awaiting approval, as a decision to send now; None if none.
@@ -575,22 +688,26 @@ class Policy:
     def _record_change(self, step: int, decision: Decision) -> None:
         c = self.config
         self._quiet_until = max(self._quiet_until, step + c.cooldown)
-        if decision.kind not in ("lr_too_small", DECAY):
+        if decision.kind not in (*_INCREASES, DECAY):
             self._changes.append(step)
             self._hold_increase_until = max(self._hold_increase_until, step + c.cooldown)
+            # Any reduction says the LR has been high enough once: probing is over.
+            self._probing_over = self._probing_over or f"{decision.kind} at step {step}"
         if decision.kind in EMERGENCIES:
             self._last_emergency = step
             self._emergency_unacked = True
         before = self._level()
-        if decision.kind == "lr_too_small" and decision.command is not None:
+        if decision.kind in _INCREASES and decision.command is not None:
             self._increases += 1
             self._increase_unacked = True
-            self._probation = {"step": step, "before": before, "lr_before": self._lr}
+            self._probation = {"step": step, "before": before, "lr_before": self._lr,
+                               "kind": "increase" if decision.kind != PROBE else PROBE}  # fmt: skip
         self._cut_trial = None
         if (
             decision.kind in ("plateau", "oscillation", "follow")
             and decision.command
             and not self._decay_stage
+            and "probe_step" not in decision.data  # the fall after it is the recovery
         ):
             action, value = decision.command
             lr = self._lr

@@ -240,7 +240,7 @@ def _run_losses(p: Policy, steps: range, lr: float, loss: float = 1.0) -> tuple[
 
 
 def test_final_decay_follows_a_linear_ramp_in_stages() -> None:
-    p = auto(total_steps=1000, decay_share=0.2, decay_stages=4)
+    p = auto(total_steps=1000, decay_share=0.2, decay_stages=4, probe_share=0.0)
     lr, made = _run_losses(p, range(1000), 0.1)
     assert [d.kind for d in made] == ["decay"] * 4
     assert [d.step for d in made] == [800, 850, 900, 950]
@@ -251,7 +251,7 @@ def test_final_decay_follows_a_linear_ramp_in_stages() -> None:
 
 
 def test_final_decay_skipped_stages_are_made_up_at_once() -> None:
-    p = auto(total_steps=1000, decay_share=0.2, decay_stages=4)
+    p = auto(total_steps=1000, decay_share=0.2, decay_stages=4, probe_share=0.0)
     lr, made = _run_losses(p, range(0, 1000, 120), 1.0)  # a point every 120 steps
     assert [d.data["stage"] for d in made] == [1, 4], "steps 840 and 960: 2 and 3 skipped"
     assert lr == pytest.approx(0.125)
@@ -262,7 +262,7 @@ def test_final_decay_skipped_stages_are_made_up_at_once() -> None:
     [
         ("advise", {"total_steps": 1000}, "mode"),
         ("auto", {"total_steps": 0}, "no length"),
-        ("auto", {"total_steps": 1000, "decay_share": 0.0}, "share 0"),
+        ("auto", {"total_steps": 1000, "decay_share": 0.0, "probe_share": 0.0}, "share 0"),
     ],
 )
 def test_final_decay_only_in_auto_with_a_known_length(mode, rules, why) -> None:  # type: ignore[no-untyped-def]
@@ -272,7 +272,7 @@ def test_final_decay_only_in_auto_with_a_known_length(mode, rules, why) -> None:
 
 
 def test_final_decay_ends_increases_and_follow_through() -> None:
-    p = auto(total_steps=1000, decay_share=0.5, cooldown=0, probation=50)
+    p = auto(total_steps=1000, decay_share=0.5, cooldown=0, probation=50, probe_share=0.0)
     _run_losses(p, range(500), 0.1)
     cut = p.decide(det(499, "plateau"), 0.1)
     assert cut.command == ("scale", 0.5)
@@ -286,7 +286,126 @@ def test_final_decay_ends_increases_and_follow_through() -> None:
 
 
 def test_final_decay_clips_at_min_lr() -> None:
-    p = auto(total_steps=100, decay_share=0.5, decay_stages=2, min_lr=0.01)
+    p = auto(total_steps=100, decay_share=0.5, decay_stages=2, min_lr=0.01, probe_share=0.0)
     lr, made = _run_losses(p, range(100), 0.02)
     assert [d.command for d in made] == [("scale", 0.75), ("set", 0.01)]
     assert lr == 0.01
+
+
+# -- probing: the search for the edge of stability (auto, known length)
+
+
+def _probing(**rules) -> Policy:
+    base = {"total_steps": 2000, "probation": 50, "cooldown": 100, "max_lr": 10.0}
+    return auto(**{**base, **rules})
+
+
+def _feed(p: Policy, steps: range, loss, lr: float) -> tuple[float, list]:  # type: ignore[no-untyped-def]
+    """Feed ``loss(step)``; apply and ack every command; return the LR and the decisions."""
+    made = []
+    for s in steps:
+        d = p.observe_loss(s, loss(s), lr)
+        if d is not None:
+            made.append(d)
+            if d.command is not None:
+                action, value = d.command
+                lr = lr * value if action == "scale" else value
+                p.changed(s)
+    return lr, made
+
+
+def test_probes_climb_while_no_harm_until_the_probing_share_ends() -> None:
+    p = _probing(probe_share=0.25)  # probes before step 500
+    lr, made = _feed(p, range(500), lambda s: 2.0 / (1 + s / 100), 0.01)
+    # The first probe at 3 x probation = 150 (no change needed until then), then one per
+    # passed probation: 200, 250, ... 450.
+    assert [d.step for d in made] == [150, 200, 250, 300, 350, 400, 450]
+    assert {d.kind for d in made} == {"probe"} and lr == pytest.approx(0.01 * 2**7)
+    assert "no worse; trying LR x2" in made[1].reason and "until step 500" in made[1].reason
+    _, later = _feed(p, range(500, 800), lambda s: 2.0 / (1 + s / 100), lr)
+    assert later == [], "no probe after probe_share of the run"
+
+
+def test_probes_share_the_increase_cap() -> None:
+    p = _probing(max_increases=3)
+    lr, made = _feed(p, range(600), lambda s: 2.0 / (1 + s / 100), 0.01)
+    assert len(made) == 3 and lr == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize(
+    ("mode", "rules", "why"),
+    [
+        ("advise", {}, "advise never probes"),
+        ("auto", {"total_steps": 0}, "no known length"),
+        ("auto", {"probe_share": 0.0}, "probing off"),
+    ],
+)
+def test_no_probe_without_auto_a_length_and_a_share(mode, rules, why) -> None:  # type: ignore[no-untyped-def]
+    base = {"total_steps": 2000, "probation": 50, "decay_share": 0.0}
+    p = Policy(PolicyConfig(**{**base, **rules}), mode)
+    _, made = _feed(p, range(800), lambda s: 2.0 / (1 + s / 100), 0.01)
+    assert made == [], why
+
+
+def test_a_probe_that_makes_the_loss_worse_is_undone_and_probing_ends() -> None:
+    p = _probing()
+    # Falling until the first probe at 150, then 10 % worse.
+    lr, made = _feed(p, range(350), lambda s: 1.0 if s < 150 else 1.1, 0.01)
+    assert [d.kind for d in made] == ["probe", "undo"]
+    assert made[1].command == ("set", 0.01) and "after the probe at step 150" in made[1].reason
+    assert lr == 0.01
+    _, later = _feed(p, range(350, 900), lambda s: 1.1, lr)
+    assert later == [], "probing is over"
+
+
+@pytest.mark.parametrize(("kind", "rewinds"), [("oscillation", False), ("spike", True),
+                                               ("divergence", True)])  # fmt: skip
+def test_trouble_on_a_probe_backs_off_below_the_lr_before_it(kind: str, rewinds: bool) -> None:
+    p = _probing(probe_backoff=0.5)
+    lr, made = _feed(p, range(160), lambda s: 1.0, 0.04)
+    assert [d.kind for d in made] == ["probe"] and lr == 0.08
+    d = p.decide(det(170, kind), lr)
+    # Not x0.1 of the probed LR (0.008): half the LR that was fine before the probe.
+    assert d.kind == kind and d.command == ("set", pytest.approx(0.02))
+    assert "went past the edge" in d.reason and "no more probes" in d.reason
+    refused = p.decide(det(400, "lr_too_small"), 0.02)
+    assert refused.command is None and f"followed by {kind}" in refused.why_not
+    _, later = _feed(p, range(170, 900), lambda s: 1.0, 0.02)
+    assert all(x.kind != "probe" for x in later)
+
+
+def test_a_cut_ends_probing() -> None:
+    p = _probing()
+    p.observe_loss(0, 1.0, 0.1)
+    assert p.decide(det(10, "plateau"), 0.1).command == ("scale", 0.5)
+    p.changed(10)
+    _, made = _feed(p, range(11, 900), lambda s: 1.0, 0.05)
+    assert [d.kind for d in made if d.kind == "probe"] == []
+
+
+def test_an_increase_that_passed_with_no_new_evidence_is_followed_by_a_probe() -> None:
+    p = _probing()
+    _feed(p, range(100), lambda s: 1.0, 0.01)  # before 3 x probation: no probe yet
+    assert p.decide(det(100, "lr_too_small"), 0.01).command == ("scale", 2.0)
+    p.changed(100)
+    _, made = _feed(p, range(101, 160), lambda s: 1.0, 0.02)
+    assert [d.kind for d in made] == ["probe"] and made[0].step == 150
+    assert "after the increase at step 100, no worse" in made[0].reason
+
+
+def test_probe_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="probe_share"):
+        PolicyConfig(probe_share=1.5)
+    with pytest.raises(ValueError, match="probe_backoff"):
+        PolicyConfig(probe_backoff=0.0)
+
+
+def test_no_follow_through_after_backing_off_a_probe() -> None:
+    p = _probing(probe_backoff=0.5, cooldown=0)
+    lr, _ = _feed(p, range(160), lambda s: 1.0, 0.04)
+    assert p.decide(det(170, "oscillation"), lr).command == ("set", pytest.approx(0.02))
+    p.changed(170)
+    # The loss falls steeply once the overshoot stops: that is the recovery, not a sign
+    # that the LR before the probe was too high.
+    _, made = _feed(p, range(171, 600), lambda s: 1.0 / (s - 160), 0.02)
+    assert [d.kind for d in made] == []
