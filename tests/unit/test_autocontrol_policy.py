@@ -70,6 +70,15 @@ def steady(s: int, lr: float) -> float:
     return 2.0 - 0.0005 * s
 
 
+def worse_above(edge: float) -> Series:
+    """A loss that learns fast, then sits on its floor: 4 % higher at an LR above ``edge``
+    (worse, but neither a spike nor a sustained rise)."""
+    return lambda s, lr: (1.0 + math.exp(-s / 40)) * (1.04 if lr > edge else 1.0)
+
+
+KNOWN_LENGTH = {"total_steps": 4000, "decay_share": 0.0}
+
+
 def kinds(decisions, with_command: bool = True) -> list[str]:  # type: ignore[no-untyped-def]
     return [k for _, k, c in decisions if (c is not None) == with_command]
 
@@ -91,6 +100,19 @@ CASES = [
     ("a good LR (cosine near 0, loss falling) is left alone",
      3000, 1e-2, falling(), too_small_below(1e-3), {},
      lambda d, lr: kinds(d) == [] and lr == 1e-2),
+    # With a known length (no decay here, to watch the probes alone; 900 steps, before the
+    # floor reads as a plateau): past the cosine's silence the climb goes on by probes until
+    # one hurts. A jump on a flat floor is a spike: the LR goes to half the one before.
+    ("with a known length, probes climb on past the cosine to the edge",
+     900, 1e-3, worse_above(0.02), too_small_below(3e-3), KNOWN_LENGTH,
+     lambda d, lr: kinds(d) == ["lr_too_small"] * 2 + ["probe"] * 3 + ["spike"]
+     and math.isclose(lr, 8e-3)),
+    ("with a known length, a good LR pays one probe, undone, then nothing",
+     900, 1e-2, worse_above(0.015), too_small_below(1e-3), KNOWN_LENGTH,
+     lambda d, lr: kinds(d) == ["probe", "undo"] and lr == 1e-2),
+    ("without a known length, no probe",
+     900, 1e-3, worse_above(0.02), too_small_below(3e-3), {},
+     lambda d, lr: kinds(d) == ["lr_too_small"] * 2 and math.isclose(lr, 4e-3)),
 ]  # fmt: skip
 
 
