@@ -94,9 +94,11 @@ class Monitor:
         scheduler: the LR scheduler driving ``optimizer``, if any: lrpilot's changes then
             compose as a multiplier on top of it instead of being undone by its next step.
         total_steps: the steps the run will take, if known. Under ``control="auto"`` the
-            controller then ends the run with a linear LR decay over its last 20 %
-            (``policy.decay_share``), which lowers the final loss below what any constant LR
-            reaches. Leave it out when your own scheduler already decays the LR.
+            controller then probes for the edge of stability in the first half of the run
+            (``policy.probe_share``: x2 while the loss gets no worse) and ends the run with
+            a linear LR decay over its last 20 % (``policy.decay_share``), which lowers the
+            final loss below what any constant LR reaches. Leave it out when your own
+            scheduler already decays the LR.
         config: JSON-able run configuration shown next to the run (hyperparameters...).
         flush_every: hand records to the sender every this many steps...
         flush_interval: ...or after this many seconds, whichever comes first.
