@@ -316,8 +316,10 @@ class Policy:
     # -- what happens to the run
 
     def pause(self) -> None:
-        """A person took over the LR: no automatic command until :meth:`resume`."""
+        """A person took over the LR: no automatic command until :meth:`resume`, and no more
+        probes after it (the LR they chose is not the policy's to search from)."""
         self.paused = True
+        self._probing_over = self._probing_over or "a person set the LR"
 
     def resume(self) -> None:
         """Hand the LR back to automatic control."""
@@ -400,7 +402,10 @@ class Policy:
         None asks whether a run that never needed a change should get its first probe.
         """
         c = self.config
-        if self._probing_over or step >= self.probe_end() or self.pending is not None:
+        if (
+            self._probing_over or self.paused or c.total_steps <= 0
+            or step >= self.probe_end() or self.pending is not None
+        ):  # fmt: skip
             return None
         if passed is None and (
             self._increases or step < 3 * c.probation or step < self._quiet_until

@@ -409,3 +409,13 @@ def test_no_follow_through_after_backing_off_a_probe() -> None:
     # that the LR before the probe was too high.
     _, made = _feed(p, range(171, 600), lambda s: 1.0 / (s - 160), 0.02)
     assert [d.kind for d in made] == []
+
+
+def test_a_paused_run_is_not_probed_not_even_as_an_event_and_probing_ends() -> None:
+    p = _probing()
+    p.pause()
+    _, made = _feed(p, range(600), lambda s: 1.0, 0.01)
+    assert made == [], "no probe, and no 'paused' event per loss point"
+    p.resume()
+    _, made = _feed(p, range(600, 1000), lambda s: 1.0, 0.01)
+    assert made == [], "the person's LR is not probed from"
