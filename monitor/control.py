@@ -24,7 +24,7 @@ import bisect
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .detectors import (
@@ -84,6 +84,65 @@ class _EarlyStuck(DivergenceDetector):
         return replace(hit, reason=hit.reason + why, data={**hit.data, "early": True})
 
 
+@dataclass(frozen=True)
+class _BlowUpConfig:
+    """Settings of :class:`_EarlyBlowUp` (from ``rules.early_blowup``, ``_points``)."""
+
+    factor: float
+    points: int
+    series: str = "loss"
+
+
+class _EarlyBlowUp(Detector):
+    """A loss far above its very first point early in the run: the LR blew the net up.
+
+    The spike and divergence detectors need a baseline of a hundred points or more; a far
+    too high LR does its damage in the first tens of steps (Adam at 0.1 on the digits MLP:
+    the loss jumps from 2.3 to 12-20 and the net never fully recovers, whatever LR follows).
+    It fires as a ``divergence`` (a hard cut that rewinds), once per crossing: it re-arms when
+    a point is back under the line, so a run rewound and blown up again fires again.
+    """
+
+    name = "early_blowup"
+
+    def _reset_state(self) -> None:
+        self._first: float | None = None
+        self._armed = True
+
+    def _get_state(self) -> dict[str, Any]:
+        return {"first": self._first, "armed": self._armed}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._first, self._armed = state["first"], state["armed"]
+
+    def _update(self, step: int, value: float) -> Detection | None:
+        first = self._first
+        if first is None:
+            self._first = value
+            return None
+        c = self.config
+        if first <= 0.0 or self.points > c.points:
+            return None
+        line = c.factor * first
+        if value <= line:
+            self._armed = True
+            return None
+        if not self._armed:
+            return None
+        self._armed = False
+        reason = (
+            f"divergence: {c.series} {value:.4g} at step {step} is {value / first:.1f}x its first "
+            f"point {first:.4g} (within the first {c.points} points; limit {c.factor:g}x): the LR "
+            "has blown the net up"
+        )
+        return Detection(
+            step,
+            "divergence",
+            reason,
+            {"value": value, "first": first, "ratio": value / first, "cause": "blowup"},
+        )
+
+
 class _Climb(AlignmentDetector):
     """The alignment test against the rules' lower ``climb_threshold`` over up to
     ``climb_window`` points, of which only ``lr_too_small`` speaks (cuts stay with the
@@ -141,6 +200,11 @@ def _build_detectors(policy: RunPolicy) -> dict[str, Detector]:
     climb = replace(policy.alignment, threshold=policy.rules.climb_threshold,
                     window=policy.rules.climb_window)  # fmt: skip
     detectors["climb"] = _Climb(climb)
+    rules = policy.rules
+    if rules.early_blowup:
+        blowup = _BlowUpConfig(rules.early_blowup, rules.early_blowup_points,
+                               policy.divergence.series)  # fmt: skip
+        detectors["early_blowup"] = _EarlyBlowUp(blowup)
     n = policy.rules.early_stuck
     if n:
         early = replace(policy.divergence, window=n, blocks=min(10, n), stuck_after=n,

@@ -146,6 +146,14 @@ class PolicyConfig:
             level before by more than this fraction.
         follow_gain: a plateau or oscillation cut after which the loss level fell by at least
             this fraction is repeated (``follow``); 1 turns follow-through off.
+        early_blowup: within the first ``early_blowup_points`` loss points, a loss above
+            this multiple of its very first point (the untrained net's) is a net blown up by
+            a far too high LR, before any other test has a baseline: a hard cut (kind
+            ``divergence``, which rewinds to the snapshot from before the first step). At the
+            benchmark's good LRs the first 200 points never exceeded 1.11x the first; at the
+            LRs that ruin a net they reached 8-7,000x. 0 turns it off; a first point <= 0
+            (a loss that is not a positive error) turns it off for the run.
+        early_blowup_points: the loss points the blow-up test covers.
         climb_threshold: a second test of the cosine, for increases only: ``lr_too_small``
             when its mean is significantly above this over up to ``climb_window`` points
             (the alignment detector's ``alpha``); also the mean above which the early stuck
@@ -186,6 +194,8 @@ class PolicyConfig:
     probation_tolerance: float = 0.02
     follow_gain: float = 0.05
     early_stuck: int = 100
+    early_blowup: float = 2.0
+    early_blowup_points: int = 200
     climb_threshold: float = 0.02
     climb_window: int = 400
     total_steps: int = 0
@@ -222,6 +232,9 @@ class PolicyConfig:
         check_int("policy.climb_window", self.climb_window, low=10, high=100_000)
         if self.early_stuck != 0:
             check_int("policy.early_stuck", self.early_stuck, low=20)
+        if self.early_blowup != 0:
+            check_real("policy.early_blowup", self.early_blowup, low=1.0, low_open=True)
+        check_int("policy.early_blowup_points", self.early_blowup_points, low=1)
         check_int("policy.total_steps", self.total_steps, low=0)
         check_real("policy.decay_share", self.decay_share, low=0.0, high=1.0, high_open=True)
         check_int("policy.decay_stages", self.decay_stages, low=1, high=1000)

@@ -170,7 +170,8 @@ def test_a_run_thrown_above_its_initial_loss_is_cut_and_cut_again() -> None:
     def loss(s: int, lr: float) -> float:
         return 1.0 if s < 20 else 3.0
 
-    policy = RunPolicy(divergence=DivergenceConfig(stuck_after=400))
+    policy = RunPolicy(rules=PolicyConfig(early_blowup=0.0),  # the stuck test alone
+                       divergence=DivergenceConfig(stuck_after=400))  # fmt: skip
     decisions, lr = replay(1300, 1.0, loss, None, policy)
     stuck = [(s, c) for s, k, c in decisions if k == "divergence"]
     assert [c for _, c in stuck] == [("scale", 0.1)] * 3, decisions
@@ -228,7 +229,7 @@ def dead_above(lr_ok: float) -> Series:
     ],
 )  # fmt: skip
 def test_a_dead_net_is_cut_early_only_with_the_cosine_saying_not_slow(name, cos, expected) -> None:  # type: ignore[no-untyped-def]
-    policy = RunPolicy(rules=PolicyConfig(increase_factor=1.0))
+    policy = RunPolicy(rules=PolicyConfig(increase_factor=1.0, early_blowup=0.0))
     decisions, _ = replay(260, 10.0, dead_above(0.5), cos, policy)
     got = [(k, c) for _, k, c in decisions if k == "divergence" and c is not None]
     assert got == expected, f"{name}: {decisions}"
@@ -289,3 +290,40 @@ def test_a_weak_but_steady_cosine_climbs_over_a_longer_window(climb_threshold, c
         assert ups >= 3 and 8e-4 <= lr <= 2e-3, f"got LR {lr:.3g} after {decisions}"
     else:
         assert ups == 0 and lr <= 1e-4, f"got LR {lr:.3g} after {decisions}"
+
+
+def test_a_net_blown_up_early_is_cut_at_once_and_again_if_it_blows_up_again() -> None:
+    # Adam at 0.1 on the digits MLP: the loss jumps from 2.3 to 12-20 within tens of steps.
+    # Here a start of 10 blows up; at 1 (from step 20, after the cut) the restored net
+    # trains for a few steps, then blows up again; at 0.1 it trains.
+    def loss(s: int, lr: float) -> float:
+        if s == 0 or lr < 0.5:
+            return 2.3
+        if lr > 5.0:
+            return 20.0
+        return 2.3 if s < 25 else 12.0
+
+    decisions, lr = replay(500, 10.0, loss, None, RunPolicy())
+    cuts = [(s, k, c) for s, k, c in decisions if c is not None]
+    assert [(k, c) for _, k, c in cuts] == [("divergence", ("scale", 0.1))] * 2, decisions
+    assert cuts[0][0] < 20 and 25 <= cuts[1][0] < 40 and math.isclose(lr, 0.1)
+    reasons = [d for d in decisions if d[1] == "divergence"]
+    assert len(reasons) == 2, "one detection per crossing, not one per point above the line"
+
+
+def test_no_blow_up_cut_for_a_noisy_start_below_the_line_or_after_the_window() -> None:
+    def loss(s: int, lr: float) -> float:
+        if s < 300:
+            return 2.3 * (1.6 if s % 7 == 3 else 1.0)  # batch noise up to 1.6x the first point
+        return 2.3 * (2.5 if 300 <= s < 303 else 1.0)  # a jump after the first 200 points
+
+    policy = RunPolicy(rules=PolicyConfig(early_stuck=0, increase_factor=1.0))
+    decisions, _ = replay(400, 1e-2, loss, None, policy)
+    assert "divergence" not in [k for _, k, _ in decisions], decisions
+
+
+def test_blow_up_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="early_blowup"):
+        PolicyConfig(early_blowup=0.5)
+    with pytest.raises(ValueError, match="early_blowup_points"):
+        PolicyConfig(early_blowup_points=0)
