@@ -100,6 +100,7 @@ def run_demo(
         with (
             Monitor(
                 run="demo-digits", optimizer=opt, model=model, endpoint=endpoint, control="auto",
+                rewind=True, total_steps=steps,  # the recommended settings for auto control
                 config={"optimizer": "Adam", "lr": lr, "batch": 64},
             ) as mon,
             Progress(
@@ -130,9 +131,11 @@ def run_demo(
                 while changes_shown < len(mon.changes):
                     c = mon.changes[changes_shown]
                     changes_shown += 1
+                    rewound = (f", rewound to step {c.rewind_step}"
+                               if c.rewind_step is not None else "")  # fmt: skip
                     progress.console.print(
                         f"  [yellow]step {c.step}[/]: lr {c.lrs_before[0]:.3g} -> "
-                        f"{c.lrs_after[0]:.3g} ({c.source}: {c.reason})"
+                        f"{c.lrs_after[0]:.3g}{rewound} ({c.source}: {c.reason})"
                     )
                 if time.monotonic() - started > budget:
                     progress.console.print(
