@@ -5,7 +5,8 @@ calls :meth:`RunController.observe` with every committed metrics batch, records 
 :class:`Decision` as an event, and sends its command when there is one.
 
 Inside, each series feeds the detectors that watch it (see :class:`~.policy.RunPolicy`):
-"loss" feeds plateau, oscillation, spike and divergence; "grad_norm" a divergence detector
+"loss" feeds plateau, oscillation, spike and divergence (plus the early blow-up and early
+stuck tests, both hard cuts of kind ``divergence``); "grad_norm" a divergence detector
 for non-finite values; "cos_grad_update" the alignment detector; "lr" (group 0's LR, sent
 when it changes) is remembered for the policy's bounds. Every detection goes through the
 :class:`~.policy.Policy`, which returns the decision.
