@@ -83,13 +83,26 @@ def cut(mon: Monitor, t: MemoryTransport, trigger: str) -> None:
     )  # fmt: skip
 
 
-def test_monitor_rewinds_on_a_divergence_cut_not_on_a_plateau() -> None:
+def steps(mon: Monitor, model: torch.nn.Module, opt: torch.optim.Optimizer, n: int,
+          loss: float = 1.0) -> None:  # fmt: skip
+    """``n`` training steps, each reported to ``mon``."""
+    for _ in range(n):
+        train(model, opt, 1)
+        mon.step(loss=loss)
+
+
+def rewinding_after_20_steps() -> tuple[torch.nn.Module, torch.optim.Optimizer,
+                                        MemoryTransport, Monitor]:  # fmt: skip
+    """A rewinding Monitor (snapshots every 10 steps) on a model trained for 20 steps."""
     model, opt = make()
     t = MemoryTransport()
     mon = Monitor(run="rw", optimizer=opt, model=model, rewind=True, rewind_every=10, transport=t)
-    for _ in range(20):
-        train(model, opt, 1)
-        mon.step(loss=1.0)
+    steps(mon, model, opt, 20)
+    return model, opt, t, mon
+
+
+def test_monitor_rewinds_on_a_divergence_cut_not_on_a_plateau() -> None:
+    model, opt, t, mon = rewinding_after_20_steps()
     # snapshots at steps 10 and 20; the older one (10) is what a cut restores
     at10 = mon._rewinder.snapshots[0].model  # type: ignore[union-attr]
     cut(mon, t, "plateau")
@@ -206,20 +219,11 @@ def test_a_spike_after_a_spike_rewind_takes_the_newest_snapshot_old_enough() -> 
 def test_lr_changes_after_a_rewind_are_still_reported() -> None:
     # A rewind loads the optimizer's state, which replaces its param_groups list: the LR the
     # controller sees must follow the new groups, or every later decision is made blind.
-    model, opt = make()
-    t = MemoryTransport()
-    mon = Monitor(run="rw", optimizer=opt, model=model, rewind=True, rewind_every=10, transport=t)
-    for _ in range(20):
-        train(model, opt, 1)
-        mon.step(loss=1.0)
+    model, opt, t, mon = rewinding_after_20_steps()
     cut(mon, t, "divergence")
-    for _ in range(3):
-        train(model, opt, 1)
-        mon.step(loss=1.0)
+    steps(mon, model, opt, 3)
     cut(mon, t, "plateau")
-    for _ in range(3):
-        train(model, opt, 1)
-        mon.step(loss=1.0)
+    steps(mon, model, opt, 3)
     mon.flush()
     lrs = [v for _, name, v in t.points() if name == "lr"]
     assert lrs == pytest.approx([0.01, 0.001, 0.0001])
