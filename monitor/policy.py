@@ -416,8 +416,8 @@ class Policy:
         """
         c = self.config
         if (
-            self._probing_over or self.paused or c.total_steps <= 0
-            or step >= self.probe_end() or self.pending is not None
+            self._probing_over or self.paused or step >= self.probe_end()
+            or self.pending is not None
         ):  # fmt: skip
             return None
         if passed is None and (
