@@ -56,6 +56,8 @@ _BLOCK = 1024  # elements per block (4 KiB in float32: whole cache lines and pag
 _MIN_BLOCKS = 8  # a tensor is sampled only if at least this many blocks get read
 _GATHER_MAX = 1 << 20  # elements: up to this many, whole pieces are reduced in one matmul
 _HALF = (torch.float16, torch.bfloat16)
+_TINY = torch.finfo(torch.float32).tiny
+_MAX_GATHERS = 8  # distinct layouts kept (a model whose layout keeps changing rebuilds)
 _Pair = tuple[torch.Tensor, torch.Tensor | None]  # (g piece, u piece or None: no update)
 
 
@@ -95,6 +97,7 @@ class UpdateCosine:
         self._snap_offset = -1
         self._snap_valid = False  # holds the update of the latest optimizer step
         self._snap_pending = False  # taken in this step's pre-hook, finished in its post-hook
+        self._gathers: dict[tuple[Any, ...], _Gather] = {}  # small models' gather buffers
 
     @property
     def memory_bytes(self) -> int:
@@ -131,7 +134,7 @@ class UpdateCosine:
 
     def _cosine(self, offset: int) -> torch.Tensor | None:
         opt, k = self._opt, self.sample
-        totals: list[torch.Tensor] = []  # per group: (g.u, |g|^2, |u|^2) as the update's
+        groups: list[tuple[torch.Tensor, float, Any]] = []  # (gram, sign, scale) per group
         any_update = False
         if self.source == "copy" and (not self._snap_valid or offset != self._snap_offset):
             return None
@@ -160,24 +163,40 @@ class UpdateCosine:
                     any_update = True
             else:
                 key = "exp_avg" if self.source == "exp_avg" else "momentum_buffer"
+                small = k * _BLOCK * _MIN_BLOCKS  # fewer elements: read whole, never sampled
                 for p in params:
                     state = opt.state.get(p)
                     buf = state.get(key) if state else None
                     if state and buf is None:
                         return self._missing(key)
-                    sampled_p = _plan(k, p.grad, buf)
+                    g = p.grad
+                    if g.numel() < small:  # the common case of a small model, inlined
+                        full.append((g, buf))
+                        any_update = any_update or buf is not None
+                        continue
+                    sampled_p = _plan(k, g, buf)
                     _add(full, sampled, _split(p.grad, k, offset, sampled_p),
                          None if buf is None else _split(buf, k, offset, sampled_p))  # fmt: skip
                     any_update = any_update or buf is not None
                 scale = lr
-            dot, gsq, usq = _sums(full, sampled, k, self.home)
-            totals.append(torch.stack([dot * (sign * scale), gsq, usq * (scale * scale)]))
-        if not totals or not any_update:
+            gram = _sums(full, sampled, k, self.home, self._gathers)
+            groups.append((gram, sign, scale))
+        if not groups or not any_update:
             return None
-        total = totals[0] if len(totals) == 1 else torch.stack(totals).sum(0)
-        dot, gsq, usq = total.unbind()
-        denom = (gsq * usq).sqrt().clamp_min(torch.finfo(torch.float32).tiny)
-        return (dot / denom).reshape(1)
+        gram, sign, scale = groups[0]
+        if len(groups) > 1 or not isinstance(scale, (int, float)) or scale <= 0:
+            # the groups' updates in one frame: u = scale * the u pieces, g.u signed
+            total = torch.stack(
+                [torch.stack([g[0, 1] * (sn * sc), g[0, 0], g[1, 1] * (sc * sc)])
+                 for g, sn, sc in groups]
+            ).sum(0)  # fmt: skip
+            dot, gsq, usq = total.unbind()
+            denom = (gsq * usq).sqrt().clamp_min(_TINY)
+            return (dot / denom).reshape(1)
+        # One group and a positive LR (the usual case): the LR cancels out of the cosine.
+        denom = gram.diagonal().prod().sqrt().clamp_min(_TINY)
+        cos = gram[0, 1:] / denom
+        return cos.neg() if sign < 0 else cos
 
     def _adam_pieces(
         self, group: dict[str, Any], params: list[torch.Tensor], offset: int,
@@ -317,37 +336,72 @@ def _add(
 
 
 def _sums(
-    full: list[_Pair], sampled: list[_Pair], k: int, home: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sum g.u, sum |g|^2, sum |u|^2) in float32 on ``home``: the full pieces plus ``k``
-    times the sampled chunks. No host sync."""
-    grams: list[torch.Tensor] = []  # each [[g.g, g.u], [u.g, u.u]] on home
+    full: list[_Pair], sampled: list[_Pair], k: int, home: torch.device,
+    gathers: dict[tuple[Any, ...], _Gather],
+) -> torch.Tensor:  # fmt: skip
+    """[[sum |g|^2, sum g.u], [sum u.g, sum |u|^2]] in float32 on ``home``: the full pieces
+    plus ``k`` times the sampled chunks. No host sync."""
+    grams: list[torch.Tensor] = []
     for pairs, weight in ((full, 1), (sampled, k)):
         by_device: dict[torch.device, list[_Pair]] = {}
         for pair in pairs:
             by_device.setdefault(pair[0].device, []).append(pair)
         for device, dev_pairs in by_device.items():
-            gram = _gram(dev_pairs, device)
-            grams.append((gram * weight if weight != 1 else gram).to(home, non_blocking=True))
+            gram = _gram(dev_pairs, device, gathers)
+            if weight != 1:
+                gram = gram * weight
+            grams.append(gram if device == home else gram.to(home, non_blocking=True))
     if not grams:
-        z = torch.zeros((), dtype=torch.float32, device=home)
-        return z, z, z
-    total = grams[0] if len(grams) == 1 else torch.stack(grams).sum(0)
-    return total[0, 1], total[0, 0], total[1, 1]
+        return torch.zeros((2, 2), dtype=torch.float32, device=home)
+    return grams[0] if len(grams) == 1 else torch.stack(grams).sum(0)
 
 
-def _gram(pairs: list[_Pair], device: torch.device) -> torch.Tensor:
+class _Gather:
+    """A 2 x N buffer for one layout of small pieces: a step copies g into row 0 and u into
+    row 1 with one foreach copy and reduces both with one matmul (a missing u stays 0)."""
+
+    __slots__ = ("buffer", "dests")
+
+    def __init__(self, pairs: list[_Pair], device: torch.device, dtype: torch.dtype) -> None:
+        n = sum(g.numel() for g, _ in pairs)
+        self.buffer = torch.zeros((2, n), dtype=dtype, device=device)
+        g_dests, u_dests = [], []
+        at = 0
+        for g, u in pairs:
+            size = g.numel()
+            g_dests.append(self.buffer[0, at : at + size].view(g.shape))
+            if u is not None:
+                u_dests.append(self.buffer[1, at : at + size].view(u.shape))
+            at += size
+        self.dests = g_dests + u_dests
+
+    def gram(self, pairs: list[_Pair]) -> torch.Tensor:
+        """The pieces' gram matrix, in float32."""
+        sources = [g for g, _ in pairs] + [u for _, u in pairs if u is not None]
+        torch._foreach_copy_(self.dests, sources)  # casts half pieces, follows any strides
+        m = self.buffer
+        return (m @ m.T).float()
+
+
+def _gram(
+    pairs: list[_Pair], device: torch.device, gathers: dict[tuple[Any, ...], _Gather]
+) -> torch.Tensor:
     """[[sum |g|^2, sum g.u], [sum u.g, sum |u|^2]] in float32 (a missing u counts as 0)."""
+    if sum(g.numel() for g, _ in pairs) <= _GATHER_MAX:
+        # Small: gathered into a 2 x N matrix and reduced in one matmul, a few ops in all.
+        # An update kept on another device (offloaded state) is brought over first.
+        pairs = [(g, u if u is None or u.device == device else u.to(device)) for g, u in pairs]
+        dtype = torch.float64 if any(g.dtype == torch.float64 for g, _ in pairs) else None
+        key = (device, dtype, *((g.shape, u is None or u.shape) for g, u in pairs))
+        gather = gathers.get(key)
+        if gather is None:
+            if len(gathers) >= _MAX_GATHERS:
+                gathers.clear()
+            gather = gathers[key] = _Gather(pairs, device, dtype or torch.float32)
+        return gather.gram(pairs)
+    # Large: per-tensor dot products and foreach norms, no copy.
     gs = [g.float() if g.dtype in _HALF else g for g, _ in pairs]
     us = [None if u is None else u.to(device, g.dtype) for g, (_, u) in zip(gs, pairs, strict=True)]
-    if sum(g.numel() for g in gs) <= _GATHER_MAX:
-        # Small: gather into a 2 x N matrix and reduce in one matmul, a few ops in all.
-        g = torch.cat([t.reshape(-1) for t in gs])
-        u = torch.cat([(t if t is not None else torch.zeros_like(g_)).reshape(-1)
-                       for g_, t in zip(gs, us, strict=True)])  # fmt: skip
-        m = torch.stack([g, u])
-        return (m @ m.T).float()
-    # Large: per-tensor dot products and foreach norms, no copy.
     with_u = [(g, u) for g, u in zip(gs, us, strict=True) if u is not None]
     gsq = _sq(torch._foreach_norm(gs))
     if with_u:
