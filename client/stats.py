@@ -378,7 +378,9 @@ class StatsCollector:
                 parts.append(num / den.clamp_min(torch.finfo(torch.float32).tiny))
         if parts:
             names = self._names_for(tuple(keys))
-            values = torch.cat(parts)  # always a copy: amp_scale etc. change in place later
+            # The cosine alone (most steps under auto) is a fresh tensor; anything else is
+            # copied: amp_scale etc. change in place later.
+            values = parts[0] if keys == ["c"] else torch.cat(parts)
             if values.dtype != torch.float32:
                 values = values.float()
             if len(self._pending) >= _MAX_PENDING:
