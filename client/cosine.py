@@ -34,7 +34,9 @@ Where u_{t-1} comes from (``source``), cheapest first:
 
 Cost: three reductions (g.u, |g|^2, |u|^2) over what is read; the state sources copy
 nothing of a large model (a small one, up to 1M elements read, is gathered into one 2 x N
-matrix and reduced in a single matmul: a few kernel launches instead of a few per tensor).
+matrix and reduced in a single matmul: a few kernel launches instead of a few per tensor;
+the matrix is kept between steps, at most 8 MiB in float32, and is not in ``memory_bytes``,
+which counts what grows with the model).
 A tensor of at least ``8 * sample * 1024`` elements is cut into ``sample`` equal contiguous
 chunks (whole blocks of 1024 elements; the tail after them is read in full) and only one is
 read, a different one at each step, its sums weighted by ``sample``. That reads about
