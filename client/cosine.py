@@ -165,7 +165,7 @@ class UpdateCosine:
                     any_update = True
             else:
                 key = "exp_avg" if self.source == "exp_avg" else "momentum_buffer"
-                small = k * _BLOCK * _MIN_BLOCKS  # fewer elements: read whole, never sampled
+                small = _min_sampled(k)  # fewer elements: read whole, never sampled
                 for p in params:
                     state = opt.state.get(p)
                     buf = state.get(key) if state else None
@@ -177,7 +177,7 @@ class UpdateCosine:
                         any_update = any_update or buf is not None
                         continue
                     sampled_p = _plan(k, g, buf)
-                    _add(full, sampled, _split(p.grad, k, offset, sampled_p),
+                    _add(full, sampled, _split(g, k, offset, sampled_p),
                          None if buf is None else _split(buf, k, offset, sampled_p))  # fmt: skip
                     any_update = any_update or buf is not None
                 scale = lr
@@ -300,12 +300,17 @@ def _decoupled(opt: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
     return bool(group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
 
 
+def _min_sampled(k: int) -> int:
+    """The fewest elements a tensor has for ``k``-way sampling (``_MIN_BLOCKS`` blocks each)."""
+    return k * _BLOCK * _MIN_BLOCKS
+
+
 def _plan(k: int, *tensors: torch.Tensor | None) -> bool:
     """Whether tensors of this shape are read in sampled blocks: large enough, and all of
     them contiguous (so that a flat view of each lines up with the others)."""
     t = tensors[0]
     assert t is not None
-    if k == 1 or t.numel() // (k * _BLOCK) < _MIN_BLOCKS:
+    if k == 1 or t.numel() < _min_sampled(k):
         return False
     return all(o is None or o.is_contiguous() for o in tensors)
 
@@ -394,7 +399,7 @@ def _gram(
         # An update kept on another device (offloaded state) is brought over first.
         pairs = [(g, u if u is None or u.device == device else u.to(device)) for g, u in pairs]
         dtype = torch.float64 if any(g.dtype == torch.float64 for g, _ in pairs) else None
-        key = (device, dtype, *((g.shape, u is None or u.shape) for g, u in pairs))
+        key = (device, dtype, *((g.shape, None if u is None else u.shape) for g, u in pairs))
         gather = gathers.get(key)
         if gather is None:
             if len(gathers) >= _MAX_GATHERS:
