@@ -38,6 +38,7 @@ from .detectors import (
     PlateauDetector,
     SpikeDetector,
 )
+from .detectors.base import all_of_type
 from .policy import CONTROL_MODES, Decision, Policy, RunPolicy, priority
 
 __all__ = ["CONTROL_MODES", "Decision", "RunController"]
@@ -72,8 +73,8 @@ class _EarlyStuck(DivergenceDetector):
         """Read this alignment detector from now on (the one a reloaded policy kept)."""
         self._alignment = alignment
 
-    def _update(self, step: int, value: float) -> Detection | None:
-        hit = super()._update(step, value)
+    def _on_block(self, step: int) -> Detection | None:
+        hit = super()._on_block(step)
         if hit is None:
             return None
         align = self._alignment
@@ -166,7 +167,7 @@ def _columns(keys: Sequence[int], width: int) -> list[Sequence[int]] | None:
     n = len(keys)
     if n == 0:
         return [()] * width
-    if not all(type(k) is int for k in keys) or min(keys) < 0 or max(keys) >= width:
+    if not all_of_type(keys, int) or min(keys) < 0 or max(keys) >= width:
         return None
     first = list(keys[:width])
     if n % width == 0 and len(set(first)) == width and list(keys) == first * (n // width):
@@ -400,11 +401,11 @@ class RunController:
             if (
                 (top is not None and at[0] <= top)
                 or not all(map(operator.lt, at, at[1:]))
-                or not all(type(s) is int for s in at)
+                or not all_of_type(at, int)
             ):
                 return None  # a restart (or bad input): the point path says which
             vs = _take(values, where)
-            if not all(type(v) is float for v in vs):
+            if not all_of_type(vs, float):
                 return None
             plans.append((where, at, vs, dets))
         # (point index, 0 for the point itself then 1 + priority for its hits, order, what)

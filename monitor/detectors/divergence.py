@@ -32,6 +32,7 @@ interquartile mean. Five signs, each reported once per episode:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ from .base import (
     BlockLevels,
     Detection,
     Detector,
+    Trend,
+    all_finite,
     check_int,
     check_real,
     check_series,
@@ -170,28 +173,65 @@ class DivergenceDetector(Detector):
         if c.stuck_after == 0 and math.isinf(c.rise):
             return None  # only non-finite values can fire (the grad-norm watch): no levels
         if self._initial is None:
-            self._first.append(value)
-            if len(self._first) == c.initial_points:
-                self._set_initial(self._first)
-                self._first = []
-        blocks = self._blocks
-        if not blocks.add(step, value):
+            self._collect_initial((value,))
+        if not self._blocks.add(step, value):
             return None
+        return self._on_block(step)
+
+    def feed_checked(self, steps: Sequence[int], values: Sequence[float]) -> list[Detection]:
+        """The batch path: a batch of finite values is cut at the points that complete a
+        block, and only those run the tests (every other point only joins its block)."""
+        if not values or not all_finite(values):
+            return super().feed_checked(steps, values)
+        c = self.config
+        n = len(values)
+        self._nan_fired = False
+        if c.stuck_after == 0 and math.isinf(c.rise):  # the grad-norm watch: nothing to test
+            self._last_step = steps[-1]
+            self.points += n
+            return []
+        found: list[Detection] = []
+        points = self.points
+        i = 0
+        while i < n:
+            j = self._blocks.fill(steps, values, i)
+            end = n if j < 0 else j + 1
+            if self._initial is None:
+                self._collect_initial(values[i:end])
+            self.points = points + end  # the tests read the counters as at point j
+            self._last_step = steps[end - 1]
+            if j < 0:
+                break
+            hit = self._on_block(steps[j])
+            if hit is not None:
+                found.append(hit)
+            i = end
+        return found
+
+    def _collect_initial(self, values: Sequence[float]) -> None:
+        """Take the first ``initial_points`` values; their median is the initial level."""
+        want = self.config.initial_points
+        self._first += values[: want - len(self._first)]
+        if len(self._first) == want:
+            self._set_initial(self._first)
+            self._first = []
+
+    def _on_block(self, step: int) -> Detection | None:
+        """The tests, run when the point at ``step`` completed a block."""
+        c = self.config
+        blocks = self._blocks
         if len(blocks.ys) >= 3:  # a median of three levels: the minimum of noisy levels is low
             self._best = min(self._best, median(blocks.ys[-3:]))
         detection = self._fast_rise_test(step) or self._died_test(step)
         if detection is not None or not blocks.full:
             return detection
-        if math.isinf(c.rise) and not self._stuck_due():
-            self._rising = 0  # what the rise test does when it cannot hold
-            return None  # neither test can fire: spare the fit (the hot path under load)
+        if math.isinf(c.rise):  # the rise test is off: it cannot hold
+            self._rising = 0
+            return self._stuck_test(step)
         fit = linear_trend(blocks.xs, blocks.ys)
-        span = blocks.xs[-1] - blocks.xs[0]
-        start, end = fit.at(blocks.xs[0]), fit.at(blocks.xs[-1])
-        p_rise, t = _rise_p(fit.se * span, end - start, fit.n)
-        detection = self._rise_test(step, start, end, span, t, p_rise)
+        detection = self._rise_test(step, fit)
         if detection is None:
-            detection = self._stuck_test(step, 1.0 - p_rise)
+            detection = self._stuck_test(step, fit)
         return detection
 
     def _set_initial(self, first: list[float]) -> None:
@@ -221,9 +261,11 @@ class DivergenceDetector(Detector):
         fit = linear_trend(xs, ys)
         span = xs[-1] - xs[0]
         start, end = fit.at(xs[0]), fit.at(xs[-1])
-        p, t = _rise_p(fit.se * span, end - start, fit.n)
         rel = _relative(start, end)
-        if p >= c.alpha or rel < c.rise:
+        if rel < c.rise:  # too small a rise whatever its p: spare the t tail
+            return None
+        p, t = _rise_p(fit.se * span, end - start, fit.n)
+        if p >= c.alpha:
             return None
         self._rising = 0
         self._blocks.clear()
@@ -267,12 +309,16 @@ class DivergenceDetector(Detector):
             {"cause": "died", "level": low, "initial": init, "best": self._best},
         )
 
-    def _rise_test(
-        self, step: int, start: float, end: float, span: float, t: float, p: float
-    ) -> Detection | None:
+    def _rise_test(self, step: int, fit: Trend) -> Detection | None:
         c = self.config
+        xs = self._blocks.xs
+        span = xs[-1] - xs[0]
+        start, end = fit.at(xs[0]), fit.at(xs[-1])
         rel = _relative(start, end)
-        if p < c.alpha and rel >= c.rise:
+        p = t = math.nan
+        if rel >= c.rise:  # only then can p matter: spare the t tail otherwise
+            p, t = _rise_p(fit.se * span, end - start, fit.n)
+        if rel >= c.rise and p < c.alpha:
             self._rising += self._blocks.size
         else:
             self._rising = 0
@@ -297,17 +343,25 @@ class DivergenceDetector(Detector):
             return False
         return self.points >= c.stuck_after + (self._stuck_at if self._stuck_fired else 0)
 
-    def _stuck_test(self, step: int, p_fall: float) -> Detection | None:
+    def _stuck_test(self, step: int, fit: Trend | None = None) -> Detection | None:
         c = self.config
         init = self._initial
         if init is None or not self._stuck_due():
             return None
         # "not improving": the fall is not significant at 5%; "no better than the initial
         # level": not better by more than the tolerance at the one-sided 5% level of an
-        # estimated initial level's own noise (1.645 standard errors).
-        window_level = median(self._blocks.ys)
+        # estimated initial level's own noise (1.645 standard errors). The level is the
+        # cheaper test, so the line is fit (``fit``: already fit, or None) only if it passes.
+        blocks = self._blocks
+        window_level = median(blocks.ys)
         tolerance = c.stuck_tolerance * abs(init) + 1.645 * self._initial_se
-        if init - window_level > tolerance or p_fall < 0.05:
+        if init - window_level > tolerance:
+            return None
+        if fit is None:
+            fit = linear_trend(blocks.xs, blocks.ys)
+        x0, x1 = blocks.xs[0], blocks.xs[-1]
+        p_fall = 1.0 - _rise_p(fit.se * (x1 - x0), fit.at(x1) - fit.at(x0), fit.n)[0]
+        if p_fall < 0.05:
             return None
         self._stuck_fired = True
         self._stuck_at = self.points

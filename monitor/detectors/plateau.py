@@ -38,6 +38,7 @@ Two methods share one config:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from .base import (
     BlockLevels,
     Detection,
     Detector,
+    all_finite,
     check_choice,
     check_int,
     check_real,
@@ -207,10 +209,40 @@ class PlateauDetector(Detector):
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             return None
+        if not self._blocks.add(step, value):
+            return None
+        return self._on_block(step)
+
+    def feed_checked(self, steps: Sequence[int], values: Sequence[float]) -> list[Detection]:
+        """The trend test's batch path: finite points skip the cooldown a slice at a time and
+        join their block a slice at a time; only the points that complete a block are tested.
+        """
+        if self.config.method == "torch" or not values or not all_finite(values):
+            return super().feed_checked(steps, values)
+        n = len(values)
+        found: list[Detection] = []
+        i = 0
+        while i < n:
+            if self.cooldown_counter > 0:  # these points are not counted
+                skip = min(self.cooldown_counter, n - i)
+                self.cooldown_counter -= skip
+                i += skip
+                continue
+            j = self._blocks.fill(steps, values, i)
+            if j < 0:
+                break
+            hit = self._on_block(steps[j])
+            if hit is not None:
+                found.append(hit)
+            i = j + 1
+        self.points += n
+        self._last_step = steps[-1]
+        return found
+
+    def _on_block(self, step: int) -> Detection | None:
+        """The test, run when the point at ``step`` completed a block."""
         c = self.config
         blocks = self._blocks
-        if not blocks.add(step, value):
-            return None
         if self._wait > 0:
             self._wait -= 1
             return None

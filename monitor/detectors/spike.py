@@ -14,10 +14,11 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Detection, Detector, check_int, check_real, check_series, median
+from .base import Detection, Detector, all_finite, check_int, check_real, check_series, median
 
 __all__ = ["SpikeConfig", "SpikeDetector"]
 
@@ -90,56 +91,74 @@ class SpikeDetector(Detector):
         self._in_spike = state["in_spike"]
         self._spike_len = state["spike_len"]
 
-    def _push_ref(self, value: float) -> None:
-        self._ref.append(value)
-        bisect.insort(self._sorted, value)
-        if len(self._ref) > self.config.window:
-            old = self._ref.popleft()
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
-        self._since_scale += 1
-
-    def _level_and_scale(self) -> tuple[float, float]:
-        s = self._sorted
-        n = len(s)
-        level = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-        if self._since_scale >= self._rescale_every or self._scale == 0.0:
-            self._scale = _MAD_TO_SIGMA * median([abs(v - level) for v in s])
-            self._since_scale = 0
-        return level, max(self._scale, self.config.min_rel_scale * abs(level))
-
     def _update(self, step: int, value: float) -> Detection | None:
+        found = self._scan((step,), (value,))
+        return found[0] if found else None
+
+    def feed_checked(self, steps: Sequence[int], values: Sequence[float]) -> list[Detection]:
+        """The batch path: a batch of finite values goes through :meth:`_scan` in one call."""
+        if not values or not all_finite(values):
+            return super().feed_checked(steps, values)
+        found = self._scan(steps, values)
+        self.points += len(values)
+        self._last_step = steps[-1]
+        return found
+
+    def _scan(self, steps: Sequence[int], values: Sequence[float]) -> list[Detection]:
+        """Feed finite points in order; the detections, in order.
+
+        One loop with its state in local names: the detector runs on every loss point of
+        every run, and the method calls and attribute lookups of a per-point step were most
+        of its cost.
+        """
         c = self.config
-        recent = self._recent
-        recent.append(value)
-        if len(recent) > c.recent:
-            leaving = recent.popleft()
-            if not self._in_spike:
-                self._push_ref(leaving)
-        if len(recent) < c.recent or len(self._ref) < self._min_ref:
-            return None
-        level, scale = self._level_and_scale()
-        now = median(recent) if c.recent > 1 else value
-        # A constant series at exactly zero has no scale: any rise is infinitely many scales.
-        rise_inf = math.inf if now > level else 0.0
-        z = (now - level) / scale if scale > 0.0 else rise_inf
-        if self._in_spike:
-            self._spike_len += 1
-            if z < 0.5 * c.k:
-                self._in_spike = False
-            elif self._spike_len >= c.window:  # it never came back: this is the level now
-                self._in_spike = False
-                self._ref.clear()
-                self._sorted.clear()
-                self._scale = 0.0
-            return None
-        if z <= c.k:
-            return None
-        self._in_spike = True
-        self._spike_len = 0
-        return Detection(
-            step,
-            "spike",
-            f"spike: {c.series} {now:.4g} (median of last {c.recent}) vs level {level:.4g}"
-            f" ± {scale:.2g}, {z:.1f} scales above (limit {c.k:g})",
-            {"value": now, "level": level, "scale": scale, "z": z, "k": c.k},
-        )
+        window, n_recent, k = c.window, c.recent, c.k
+        min_ref, rescale_every = self._min_ref, self._rescale_every
+        recent, ref, srt = self._recent, self._ref, self._sorted
+        insort, bisect_left = bisect.insort, bisect.bisect_left
+        found: list[Detection] = []
+        for step, value in zip(steps, values, strict=True):
+            recent.append(value)
+            if len(recent) > n_recent:
+                leaving = recent.popleft()
+                if not self._in_spike:  # a spike's points stay out of the reference
+                    ref.append(leaving)
+                    insort(srt, leaving)
+                    if len(ref) > window:
+                        del srt[bisect_left(srt, ref.popleft())]
+                    self._since_scale += 1
+            if len(recent) < n_recent or len(ref) < min_ref:
+                continue
+            m = len(srt)
+            level = srt[m // 2] if m % 2 else 0.5 * (srt[m // 2 - 1] + srt[m // 2])
+            if self._since_scale >= rescale_every or self._scale == 0.0:
+                self._scale = _MAD_TO_SIGMA * median([abs(v - level) for v in srt])
+                self._since_scale = 0
+            scale = max(self._scale, c.min_rel_scale * abs(level))
+            now = median(recent) if n_recent > 1 else value
+            # A constant series at exactly zero has no scale: any rise is infinitely many scales.
+            z = (now - level) / scale if scale > 0.0 else (math.inf if now > level else 0.0)
+            if self._in_spike:
+                self._spike_len += 1
+                if z < 0.5 * k:
+                    self._in_spike = False
+                elif self._spike_len >= window:  # it never came back: this is the level now
+                    self._in_spike = False
+                    ref.clear()
+                    srt.clear()
+                    self._scale = 0.0
+                continue
+            if z <= k:
+                continue
+            self._in_spike = True
+            self._spike_len = 0
+            found.append(
+                Detection(
+                    step,
+                    "spike",
+                    f"spike: {c.series} {now:.4g} (median of last {n_recent}) vs level "
+                    f"{level:.4g} ± {scale:.2g}, {z:.1f} scales above (limit {k:g})",
+                    {"value": now, "level": level, "scale": scale, "z": z, "k": k},
+                )
+            )
+        return found

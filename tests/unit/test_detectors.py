@@ -10,6 +10,8 @@ import re
 
 import lrpilot.monitor.detectors as detectors_pkg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lrpilot.monitor.detectors import (
     AlignmentConfig,
     AlignmentDetector,
@@ -23,7 +25,7 @@ from lrpilot.monitor.detectors import (
     SpikeConfig,
     SpikeDetector,
 )
-from lrpilot.monitor.detectors.base import linear_trend, median, t_sf
+from lrpilot.monitor.detectors.base import linear_trend, mann_kendall, median, t_sf
 
 # Small windows keep the contract tests to milliseconds while exercising every code path.
 FACTORIES = {
@@ -116,6 +118,89 @@ def test_update_many_decides_as_update_does(make, size: int) -> None:
         got += many.update_many(list(range(i, min(i + size, len(values)))), values[i : i + size])
     assert got == expected
     assert many.state_dict() == one.state_dict()
+
+
+# The detectors with a batch path of their own (feed_checked cut at block ends, the spike
+# detector's one loop), at their defaults and at settings that reach every branch of it.
+BATCH_FACTORIES = {
+    **FACTORIES,
+    "plateau-default": PlateauDetector,
+    "plateau-cooldown": lambda: PlateauDetector(PlateauConfig(patience=32, blocks=8, cooldown=13)),
+    "spike-default": SpikeDetector,
+    "divergence-default": DivergenceDetector,
+    "divergence-grad-watch": lambda: DivergenceDetector(
+        DivergenceConfig(stuck_after=0, rise=math.inf)
+    ),
+    "divergence-stuck-only": lambda: DivergenceDetector(
+        DivergenceConfig(window=40, blocks=8, stuck_after=60, rise=math.inf, initial_points=1)
+    ),
+}
+
+
+def regime_series(seed: int, n: int, nonfinite: bool) -> list[float]:
+    """Random stretches of descent, noise, zig-zag, spikes, blow-ups, constants and zeros,
+    with the odd NaN, infinity or near-overflow value when ``nonfinite``."""
+    rng = random.Random(seed)
+    out: list[float] = []
+    level = rng.uniform(0.1, 5.0)
+    while len(out) < n:
+        kind = rng.choice(["descent", "noise", "zigzag", "spike", "blowup", "const", "zero"])
+        for t in range(rng.randint(5, 300)):
+            if kind == "descent":
+                level *= 0.995
+                v = level + 0.01 * rng.gauss(0, 1)
+            elif kind == "noise":
+                v = level * (1 + 0.05 * rng.gauss(0, 1))
+            elif kind == "zigzag":
+                v = level * (1 + 0.2 * (-1) ** t)
+            elif kind == "spike":
+                v = level * (8.0 if t < 4 else 1.0)
+            elif kind == "blowup":
+                level *= 1.03
+                v = level
+            elif kind == "const":
+                v = level
+            else:
+                v = 0.0
+            if nonfinite and rng.random() < 0.004:
+                v = rng.choice([math.nan, math.inf, -math.inf, 1e308])
+            out.append(v)
+    return out[:n]
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(
+    seed=st.integers(0, 10_000),
+    sizes=st.lists(st.integers(1, 120), min_size=1, max_size=6),
+    nonfinite=st.booleans(),
+)
+@pytest.mark.parametrize("make", BATCH_FACTORIES.values(), ids=BATCH_FACTORIES.keys())
+def test_batch_paths_decide_as_the_point_path(make, seed: int, sizes, nonfinite: bool) -> None:
+    """Batches of any size, finite or not, make the same detections and leave the same state
+    as one point at a time."""
+    values = regime_series(seed, 1500, nonfinite)
+    one, many = make(), make()
+    expected = [d for s, v in enumerate(values) if (d := one.update(s, v))]
+    got: list[Detection] = []
+    i = 0
+    while i < len(values):
+        size = sizes[(i // 7) % len(sizes)]
+        got += many.update_many(list(range(i, min(i + size, len(values)))), values[i : i + size])
+        i += size
+    assert got == expected
+    assert many.state_dict() == one.state_dict()
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from([0.0, 1.0, 1.5, 2.0, -3.0]) | st.floats(-10, 10), max_size=40))
+def test_mann_kendall_counts_pairs_as_the_definition_does(ys: list[float]) -> None:
+    s = sum((d > 0) - (d < 0) for i, a in enumerate(ys) for d in (b - a for b in ys[i + 1 :]))
+    n = len(ys)
+    if n < 2:
+        return
+    sd = math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    z = 0.0 if s == 0 else (s + 1) / sd if s < 0 else (s - 1) / sd
+    assert mann_kendall(ys) == 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
 @pytest.mark.parametrize("make", FACTORIES.values(), ids=FACTORIES.keys())
