@@ -315,14 +315,14 @@ class DivergenceDetector(Detector):
         span = xs[-1] - xs[0]
         start, end = fit.at(xs[0]), fit.at(xs[-1])
         rel = _relative(start, end)
-        p = t = math.nan
-        if rel >= c.rise:  # only then can p matter: spare the t tail otherwise
-            p, t = _rise_p(fit.se * span, end - start, fit.n)
-        if rel >= c.rise and p < c.alpha:
-            self._rising += self._blocks.size
-        else:
+        if rel < c.rise:  # too small a rise whatever its p: spare the t tail
             self._rising = 0
             return None
+        p, t = _rise_p(fit.se * span, end - start, fit.n)
+        if p >= c.alpha:
+            self._rising = 0
+            return None
+        self._rising += self._blocks.size
         if self._rising < max(c.patience, 1):
             return None
         rising = self._rising

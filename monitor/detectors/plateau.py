@@ -223,7 +223,7 @@ class PlateauDetector(Detector):
         found: list[Detection] = []
         i = 0
         while i < n:
-            if self.cooldown_counter > 0:  # these points are not counted
+            if self.cooldown_counter > 0:  # cooldown: these points join no block
                 skip = min(self.cooldown_counter, n - i)
                 self.cooldown_counter -= skip
                 i += skip
