@@ -33,10 +33,13 @@ Where u_{t-1} comes from (``source``), cheapest first:
   previous step; exact, and costs memory (see ``memory_bytes``).
 
 Cost: three reductions (g.u, |g|^2, |u|^2) over what is read; the state sources copy
-nothing of a large model (a small one, up to 1M elements read, is gathered into one 2 x N
-matrix and reduced in a single matmul: a few kernel launches instead of a few per tensor;
-the matrix is kept between steps, at most 8 MiB in float32, and is not in ``memory_bytes``,
-which counts what grows with the model).
+nothing of a large model (a small one, up to 1M elements read, is gathered into one matrix
+and reduced in a single matmul: a few kernel launches instead of a few per tensor, which on
+a CPU, where a foreach op is a loop over the tensors, is most of the cost; with Adam the
+update is rebuilt in that matrix too. The matrix is kept between steps, at most 8 MiB in
+float32, 20 MiB for Adam, and is not in ``memory_bytes``, which counts what grows with the
+model). A step yields the 2 x 2 gram of (g, u); the division that makes it a cosine runs
+once per flush for all the steps in it (:func:`cosines`).
 A tensor of at least ``8 * sample * 1024`` elements is cut into ``sample`` equal contiguous
 chunks (whole blocks of 1024 elements; the tail after them is read in full) and only one is
 read, a different one at each step, its sums weighted by ``sample``. That reads about
@@ -47,12 +50,13 @@ the full computation). Smaller tensors are read whole, so small models get the e
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import torch
 
-__all__ = ["UpdateCosine", "cos_source"]
+__all__ = ["UpdateCosine", "cos_source", "cosines"]
 
 _BLOCK = 1024  # elements per block (4 KiB in float32: whole cache lines and pages)
 _MIN_BLOCKS = 8  # a tensor is sampled only if at least this many blocks get read
@@ -107,9 +111,10 @@ class UpdateCosine:
         return sum(t.numel() * t.element_size() for ts in self._snap.values() for t in ts)
 
     def before_step(self, due: bool, snap_next: bool) -> torch.Tensor | None:
-        """In the optimizer's pre-hook: the cosine as a 1-element float32 tensor on ``home``
-        when ``due`` and a previous update is known, else None. ``snap_next``: the next
-        optimizer step will be due (the ``"copy"`` source must measure this one)."""
+        """In the optimizer's pre-hook: when ``due`` and a previous update is known, the gram
+        [[|g|^2, g.u], [u.g, |u|^2]] as a 2 x 2 float32 tensor on ``home`` (the cosine is
+        ``cosines([gram])``), else None. ``snap_next``: the next optimizer step will be due
+        (the ``"copy"`` source must measure this one)."""
         n = self._steps
         self._steps += 1
         value = None
@@ -159,6 +164,11 @@ class UpdateCosine:
                     _add(full, sampled, _split(p.grad, k, offset, sampled_p), u)
                     any_update = any_update or u is not None
             elif self.source == "adam":
+                gathered = self._adam_gram(group, params)
+                if gathered is not None:  # a small model: one buffer, a few ops in all
+                    groups.append((gathered[0], sign, gathered[1]))
+                    any_update = True
+                    continue
                 found = self._adam_pieces(group, params, offset, full, sampled)
                 if found is not None:
                     scale = found
@@ -186,19 +196,64 @@ class UpdateCosine:
         if not groups or not any_update:
             return None
         gram, sign, scale = groups[0]
-        if len(groups) > 1 or not isinstance(scale, (int, float)) or scale <= 0:
-            # the groups' updates in one frame: u = scale * the u pieces, g.u signed
-            total = torch.stack(
-                [torch.stack([g[0, 1] * (sn * sc), g[0, 0], g[1, 1] * (sc * sc)])
-                 for g, sn, sc in groups]
-            ).sum(0)  # fmt: skip
-            dot, gsq, usq = total.unbind()
-            denom = (gsq * usq).sqrt().clamp_min(_TINY)
-            return (dot / denom).reshape(1)
-        # One group and a positive LR (the usual case): the LR cancels out of the cosine.
-        denom = gram.diagonal().prod().sqrt().clamp_min(_TINY)
-        cos = gram[0, 1:] / denom
-        return cos.neg() if sign < 0 else cos
+        if len(groups) == 1 and sign > 0 and isinstance(scale, (int, float)) and scale > 0:
+            return gram  # one group and a positive LR (the usual case): the LR cancels out
+        # The groups' updates in one frame: u = scale * the u pieces, g.u signed.
+        total = torch.stack(
+            [torch.stack([g[0, 0], g[0, 1] * (sn * sc), g[1, 1] * (sc * sc)])
+             for g, sn, sc in groups]
+        ).sum(0)  # fmt: skip
+        gsq, dot, usq = total.unbind()
+        return torch.stack([gsq, dot, dot, usq]).view(2, 2)
+
+    def _adam_gram(
+        self, group: dict[str, Any], params: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, float] | None:
+        """The gram of (g, update / scale) and ``scale`` for a small model whose parameters all
+        have Adam state on ``home`` (their ``step`` tensors too: capturable/fused Adam on a
+        GPU, any Adam on the CPU), from one buffer; None otherwise (the general path)."""
+        opt = self._opt
+        state = opt.state
+        small = _min_sampled(self.sample) if self.sample > 1 else _GATHER_MAX + 1
+        v_key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+        device = self.home
+        beta1, beta2 = group["betas"]
+        if not (isinstance(beta1, (int, float)) and isinstance(beta2, (int, float))):
+            return None  # tensor betas: the general path keeps them on their device
+        gs, ms, vs, steps, shapes = [], [], [], [], []
+        total = 0
+        any_f64 = False
+        for p in params:  # one pass: this runs every step
+            s = state.get(p)
+            n = p.numel()
+            total += n
+            if not s or n >= small:  # no update yet, or read in sampled blocks
+                return None
+            step = s["step"]
+            if not isinstance(step, torch.Tensor) or step.device != device:
+                return None
+            if p.device != device:
+                return None
+            gs.append(p.grad)
+            ms.append(s["exp_avg"])
+            vs.append(s[v_key])
+            steps.append(step)
+            shapes.append(p.shape)
+            any_f64 = any_f64 or p.dtype == torch.float64
+        if total > _GATHER_MAX:
+            return None
+        lr = group["lr"]
+        wd = group.get("weight_decay", 0.0) if _decoupled(opt, group) else 0.0
+        dtype = torch.float64 if any_f64 else torch.float32
+        key = ("adam", device, dtype, bool(wd), *shapes)
+        gather = self._gathers.get(key)
+        if gather is None:
+            if len(self._gathers) >= _MAX_GATHERS:
+                self._gathers.clear()
+            gather = self._gathers[key] = _AdamGather(params, device, dtype, bool(wd))
+        sources = gs + ms + vs + params if wd else gs + ms + vs
+        gram = gather.gram(sources, steps, beta1, beta2, group["eps"], wd)
+        return gram, (lr / (1.0 - lr * wd) if wd else lr)
 
     def _adam_pieces(
         self, group: dict[str, Any], params: list[torch.Tensor], offset: int,
@@ -390,6 +445,64 @@ class _Gather:
         return (m @ m.T).float()
 
 
+class _AdamGather:
+    """Rows g, d, m, v (and w, with decoupled decay) of a small model under Adam in one
+    buffer: a step copies g, m, v (w) in with one foreach copy, rebuilds the update
+    direction d = m_hat / (sqrt(v_hat) + eps) (+ wd w) in row 1 with whole-row ops (the
+    per-tensor bias corrections with one foreach op each, over views of the row), and
+    reduces rows 0-1 with one matmul."""
+
+    __slots__ = ("betas", "buffer", "d_views", "dests", "log_betas", "rows")
+
+    def __init__(
+        self, params: list[torch.Tensor], device: torch.device, dtype: torch.dtype, wd: bool
+    ) -> None:
+        sizes = [p.numel() for p in params]
+        self.buffer = torch.zeros((5 if wd else 4, sum(sizes)), dtype=dtype, device=device)
+        views: dict[int, list[torch.Tensor]] = {}
+        for row in (0, 1, 2, 3, 4) if wd else (0, 1, 2, 3):
+            at = 0
+            views[row] = []
+            for p, size in zip(params, sizes, strict=True):
+                views[row].append(self.buffer[row, at : at + size].view(p.shape))
+                at += size
+        self.d_views = views.pop(1)
+        self.dests = [t for row in views.values() for t in row]  # g, m, v (, w) in order
+        b = self.buffer
+        self.rows = (b[1], b[2], b[3], b[4] if wd else None, b[:2], b[:2].T)
+        self.betas: tuple[float, float] | None = None
+        self.log_betas = torch.zeros((2, 1), dtype=dtype, device=device)
+
+    def gram(
+        self, sources: list[torch.Tensor], steps: list[torch.Tensor],
+        beta1: float, beta2: float, eps: float, wd: float,
+    ) -> torch.Tensor:  # fmt: skip
+        """[[|g|^2, g.d], [d.g, |d|^2]] in float32, d = m_hat / (sqrt(v_hat) + eps) + wd w."""
+        b = self.buffer
+        if self.betas != (beta1, beta2):  # filled from host floats: no copy, no sync
+            for row, beta in enumerate((beta1, beta2)):
+                self.log_betas[row].fill_(math.log(beta) if beta > 0 else -math.inf)
+            self.betas = (beta1, beta2)
+        torch._foreach_copy_(self.dests, sources)  # casts half state, follows any strides
+        # Adam: d = f m / (sqrt(v) + c), f = sqrt(bc2) / bc1, c = eps sqrt(bc2), per tensor,
+        # bc = 1 - beta**s = -expm1(s ln beta): exact where 1 - beta**s would cancel.
+        st = torch.stack(steps)
+        if st.dtype != b.dtype:
+            st = st.to(b.dtype)
+        bc1, bc2 = torch.expm1(st * self.log_betas).neg_().unbind()
+        sbc2 = bc2.sqrt_()
+        c, f = (sbc2 * eps).unbind(), (sbc2 / bc1).unbind()
+        d, m, v, w, gd, gd_t = self.rows
+        torch.sqrt(v, out=d)
+        torch._foreach_add_(self.d_views, c)
+        torch.div(m, d, out=d)
+        torch._foreach_mul_(self.d_views, f)
+        if wd:
+            d.add_(w, alpha=wd)
+        gram = gd @ gd_t
+        return gram if gram.dtype == torch.float32 else gram.float()
+
+
 def _gram(
     pairs: list[_Pair], device: torch.device, gathers: dict[tuple[Any, ...], _Gather]
 ) -> torch.Tensor:
@@ -417,6 +530,13 @@ def _gram(
     else:
         usq = dot = torch.zeros((), dtype=gsq.dtype, device=gsq.device)
     return torch.stack([gsq, dot.to(gsq.dtype), dot.to(gsq.dtype), usq]).view(2, 2).float()
+
+
+def cosines(grams: list[torch.Tensor]) -> torch.Tensor:
+    """cos = g.u / (|g| |u|) of each gram from :meth:`UpdateCosine.before_step`, for a batch
+    of steps at once: a few ops per flush instead of a few per step. Shape (len(grams),)."""
+    sums = torch.stack(grams).view(-1, 4)
+    return sums[:, 1] / (sums[:, 0] * sums[:, 3]).sqrt().clamp_min(_TINY)
 
 
 def _sq(norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .cosine import UpdateCosine
+from .cosine import UpdateCosine, cosines
 from .errors import MonitorConfigError
 
 __all__ = ["SERIES", "StatsCollector", "StatsConfig"]
@@ -54,6 +54,8 @@ SERIES = (
     "param_norm/",
     "update_ratio/",
 )
+
+_Entry = tuple[int, tuple[str, ...], torch.Tensor | None, torch.Tensor | None]
 
 # Entries kept between drains; beyond this the oldest are dropped (the Monitor drains at
 # every flush, so this only bounds memory if it stops doing so).
@@ -240,7 +242,9 @@ class StatsCollector:
         self._layer_of = layer_of
         self._metas = [(p.device, p.dtype) for p in self._params]
         self.home = self._params[0].device if self._params else torch.device("cpu")
-        self._pending: deque[tuple[int, tuple[str, ...], torch.Tensor]] = deque()
+        # (step, names, values, gram): the cosine's gram, if any, is the last name's value,
+        # made a cosine at the drain for all the steps queued (a few ops per drain).
+        self._pending: deque[_Entry] = deque()
         self.dropped = 0  # entries dropped because nobody drained them
         self._grad_layouts: dict[tuple[bool, ...], _Layout] = {}
         self._param_layout = (
@@ -301,7 +305,10 @@ class StatsCollector:
         snap_pre = self._snap_state == "pre"
         if snap_pre and not hooked:  # the copy belongs to a step that did not happen
             self._snap_state = snap_pre = ""
-        if not (glob or lay or snap_pre or self._pending_cos is not None):
+        if not (glob or lay or snap_pre):
+            gram, self._pending_cos = self._pending_cos, None
+            if gram is not None:  # the cosine alone (most steps under auto): no kernels
+                self._queue((step, self._names_for(("c",)), None, gram))
             return
         with torch.no_grad():
             self._compute(step, glob, lay, snap_pre)
@@ -310,7 +317,19 @@ class StatsCollector:
         """Everything queued since the last drain: ``(step, names, values)`` with ``values``
         a 1-D float32 tensor of ``len(names)`` on the collector's device, not yet synced."""
         pending = self._pending
-        return [pending.popleft() for _ in range(len(pending))]
+        entries = [pending.popleft() for _ in range(len(pending))]
+        grams = [e[3] for e in entries if e[3] is not None]
+        if not grams:
+            return [(step, names, values) for step, names, values, _ in entries]
+        cos = iter(cosines(grams).split(1))
+        out = []
+        for step, names, values, gram in entries:
+            if gram is not None:
+                c = next(cos)
+                values = c if values is None else torch.cat([values, c])
+            assert values is not None
+            out.append((step, names, values))
+        return out
 
     def close(self) -> None:
         """Remove the optimizer hooks and free the parameter copies. Safe to call twice."""
@@ -343,10 +362,6 @@ class StatsCollector:
         if glob and cfg.grad_norm and gnorms is not None:
             keys.append("g")
             parts.append(torch.linalg.vector_norm(gnorms).reshape(1))
-        if self._pending_cos is not None:
-            keys.append("c")
-            parts.append(self._pending_cos)
-            self._pending_cos = None
         if glob and self._scaler is not None:
             scale = getattr(self._scaler, "_scale", None)
             if scale is not None:
@@ -376,17 +391,22 @@ class StatsCollector:
                 den = ul.layer_norms(ul.norms(self._params))
                 keys.append(("u", ul.layers))
                 parts.append(num / den.clamp_min(torch.finfo(torch.float32).tiny))
-        if parts:
+        gram, self._pending_cos = self._pending_cos, None
+        if gram is not None:
+            keys.append("c")  # last: its value is appended at the drain
+        if keys:
             names = self._names_for(tuple(keys))
-            # The cosine alone (most steps under auto) is a fresh tensor; anything else is
-            # copied: amp_scale etc. change in place later.
-            values = parts[0] if keys == ["c"] else torch.cat(parts)
-            if values.dtype != torch.float32:
+            # Copied (cat), also for one part: amp_scale etc. change in place later.
+            values = torch.cat(parts) if parts else None
+            if values is not None and values.dtype != torch.float32:
                 values = values.float()
-            if len(self._pending) >= _MAX_PENDING:
-                self._pending.popleft()
-                self.dropped += 1
-            self._pending.append((step, names, values))
+            self._queue((step, names, values, gram))
+
+    def _queue(self, entry: _Entry) -> None:
+        if len(self._pending) >= _MAX_PENDING:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append(entry)
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Optimizer step pre-hook: the gradient and the optimizer state before the update."""

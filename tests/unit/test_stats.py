@@ -608,6 +608,42 @@ def test_cos_every_counts_optimizer_steps() -> None:
     assert_same({s: expected[s] for s in got}, got)
 
 
+ONE_GROUP = {
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    "adam-amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.5),
+    "adam-maximize": lambda ps: torch.optim.Adam(ps, lr=1e-2, maximize=True),
+    "adam-no-momentum": lambda ps: torch.optim.Adam(ps, lr=1e-2, betas=(0.0, 0.99)),
+    "sgd-momentum-maximize": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9,
+                                                        maximize=True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("opt_name", list(ONE_GROUP))
+def test_one_param_group_of_a_small_model_takes_the_gathered_path(
+    opt_name: str, dtype: torch.dtype
+) -> None:
+    """One param group (the usual case): Adam's update is rebuilt in one buffer with each
+    tensor's own bias correction (``late`` gets its state 4 steps after the others); with
+    ``maximize`` the applied gradient is -p.grad. All against the reference."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(0)
+        model = LateNet()
+        opt = ONE_GROUP[opt_name](model.parameters())
+        stats = StatsCollector(model, opt, COS_ONLY)
+        expected, got = run_with_reference(model, opt, stats, 10, late_from=4)
+    finally:
+        torch.set_default_dtype(before)
+    if "maximize" in opt_name:  # the gradient the optimizer applies is -p.grad
+        expected = {step: -value for step, value in expected.items()}
+    assert_same(expected, got)
+    if opt_name.startswith("adam"):  # the gathered path ran (not only the general one)
+        assert any(key[0] == "adam" for key in stats._cos._gathers)  # type: ignore[union-attr]
+
+
 def test_resumed_adam_uses_its_step_count_for_bias_correction() -> None:
     torch.manual_seed(0)
     model = LateNet()
