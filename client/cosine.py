@@ -242,8 +242,7 @@ class UpdateCosine:
             any_f64 = any_f64 or p.dtype == torch.float64
         if total > _GATHER_MAX:
             return None
-        lr = group["lr"]
-        wd = group.get("weight_decay", 0.0) if _decoupled(opt, group) else 0.0
+        wd, scale = _adam_decay(opt, group)
         dtype = torch.float64 if any_f64 else torch.float32
         key = ("adam", device, dtype, bool(wd), *shapes)
         gather = self._gathers.get(key)
@@ -253,7 +252,7 @@ class UpdateCosine:
             gather = self._gathers[key] = _AdamGather(params, device, dtype, bool(wd))
         sources = gs + ms + vs + params if wd else gs + ms + vs
         gram = gather.gram(sources, steps, beta1, beta2, group["eps"], wd)
-        return gram, (lr / (1.0 - lr * wd) if wd else lr)
+        return gram, scale
 
     def _adam_pieces(
         self, group: dict[str, Any], params: list[torch.Tensor], offset: int,
@@ -269,8 +268,8 @@ class UpdateCosine:
         """
         opt, k = self._opt, self.sample
         beta1, beta2 = group["betas"]
-        eps, lr = group["eps"], group["lr"]
-        wd = group.get("weight_decay", 0.0) if _decoupled(opt, group) else 0.0
+        eps = group["eps"]
+        wd, scale = _adam_decay(opt, group)
         gs, ms, vs, ws, steps, dests = [], [], [], [], [], []
         for p in params:
             s = opt.state.get(p)
@@ -317,9 +316,7 @@ class UpdateCosine:
             torch._foreach_add_(us, ws, alpha=wd)
         for g_, u_, dest in zip(gs, us, dests, strict=True):
             dest.append((g_, u_))
-        # Decoupled decay: w_{t-1} = w_{t-2} (1 - lr wd) - lr d, so the update
-        # w_{t-2} - w_{t-1} = lr (d + wd w_{t-1}) / (1 - lr wd), exactly, from today's w.
-        return lr / (1.0 - lr * wd) if wd else lr
+        return scale
 
     def _missing(self, key: str) -> None:
         # The state exists but keeps its update elsewhere: measure the weights instead.
@@ -351,8 +348,18 @@ class UpdateCosine:
         self._snap_pending = True
 
 
-def _decoupled(opt: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
-    return bool(group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
+def _adam_decay(opt: torch.optim.Optimizer, group: dict[str, Any]) -> tuple[float, float]:
+    """``(wd, scale)``: the decoupled weight decay of an Adam group (0.0 for none or L2), and
+    the factor that turns the rebuilt direction d + wd w into the update.
+
+    Decoupled decay: w_{t-1} = w_{t-2} (1 - lr wd) - lr d, so the update
+    w_{t-2} - w_{t-1} = lr (d + wd w_{t-1}) / (1 - lr wd), exactly, from today's w.
+    """
+    lr = group["lr"]
+    if not group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)):
+        return 0.0, lr
+    wd = group.get("weight_decay", 0.0)
+    return wd, (lr / (1.0 - lr * wd) if wd else lr)
 
 
 def _min_sampled(k: int) -> int:

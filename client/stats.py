@@ -305,13 +305,13 @@ class StatsCollector:
         snap_pre = self._snap_state == "pre"
         if snap_pre and not hooked:  # the copy belongs to a step that did not happen
             self._snap_state = snap_pre = ""
+        gram, self._pending_cos = self._pending_cos, None  # this step's cosine, if any
         if not (glob or lay or snap_pre):
-            gram, self._pending_cos = self._pending_cos, None
             if gram is not None:  # the cosine alone (most steps under auto): no kernels
                 self._queue((step, self._names_for(("c",)), None, gram))
             return
         with torch.no_grad():
-            self._compute(step, glob, lay, snap_pre)
+            self._compute(step, glob, lay, snap_pre, gram)
 
     def drain(self) -> list[tuple[int, tuple[str, ...], torch.Tensor]]:
         """Everything queued since the last drain: ``(step, names, values)`` with ``values``
@@ -348,7 +348,9 @@ class StatsCollector:
 
     # ------------------------------------------------------------------ per step
 
-    def _compute(self, step: int, glob: bool, lay: bool, snap_pre: bool) -> None:
+    def _compute(
+        self, step: int, glob: bool, lay: bool, snap_pre: bool, gram: torch.Tensor | None
+    ) -> None:
         cfg = self.config
         keys: list[Any] = []
         parts: list[torch.Tensor] = []
@@ -391,7 +393,6 @@ class StatsCollector:
                 den = ul.layer_norms(ul.norms(self._params))
                 keys.append(("u", ul.layers))
                 parts.append(num / den.clamp_min(torch.finfo(torch.float32).tiny))
-        gram, self._pending_cos = self._pending_cos, None
         if gram is not None:
             keys.append("c")  # last: its value is appended at the drain
         if keys:
