@@ -263,8 +263,8 @@ class UpdateCosine:
 
         Adam's update of a parameter is lr * m_hat / (sqrt(v_hat) + eps) with its own step
         count s: = lr * f * m / (sqrt(v) + eps * sqrt(bc2)), f = sqrt(bc2) / bc1, bc = 1 -
-        beta**s. The bias corrections are computed from the state's ``step`` tensors with
-        foreach ops, wherever they live: nothing is read on the host.
+        beta**s (:func:`_bias_correction`). They are computed from the state's ``step``
+        tensors, wherever those live: nothing is read on the host.
         """
         opt, k = self._opt, self.sample
         beta1, beta2 = group["betas"]
@@ -296,16 +296,11 @@ class UpdateCosine:
             return None
         if len({t.device for t in steps}) == 1:  # usual: all on the host, or all on one GPU
             st = torch.stack(steps).to(torch.float32)
-            sbc2 = (1 - torch.pow(beta2, st)).sqrt_()
-            c, f = (sbc2 * eps).unbind(), (sbc2 / (1 - torch.pow(beta1, st))).unbind()
-        else:
-            sbc2_l = torch._foreach_pow(beta2, steps)  # sqrt(1 - beta2**s), per tensor
-            torch._foreach_neg_(sbc2_l)
-            torch._foreach_add_(sbc2_l, 1.0)
-            torch._foreach_sqrt_(sbc2_l)
-            bc1 = torch._foreach_pow(beta1, steps)
-            torch._foreach_neg_(bc1)
-            torch._foreach_add_(bc1, 1.0)
+            sbc2 = _bias_correction(st, beta2).sqrt_()
+            c, f = (sbc2 * eps).unbind(), (sbc2 / _bias_correction(st, beta1)).unbind()
+        else:  # per tensor, each on its own device
+            sbc2_l = [_bias_correction(t.float(), beta2).sqrt_() for t in steps]
+            bc1 = [_bias_correction(t.float(), beta1) for t in steps]
             c, f = torch._foreach_mul(sbc2_l, eps), torch._foreach_div(sbc2_l, bc1)
         us = torch._foreach_sqrt(vs)
         torch._foreach_add_(us, c)
@@ -360,6 +355,19 @@ def _adam_decay(opt: torch.optim.Optimizer, group: dict[str, Any]) -> tuple[floa
         return 0.0, lr
     wd = group.get("weight_decay", 0.0)
     return wd, (lr / (1.0 - lr * wd) if wd else lr)
+
+
+def _log_beta(beta: float) -> float:
+    """ln beta, with ln 0 = -inf so that a zero beta gives a bias correction of exactly 1."""
+    return math.log(beta) if beta > 0 else -math.inf
+
+
+def _bias_correction(steps: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """Adam's 1 - beta**s, computed as -expm1(s ln beta): in float32, 1 - beta**s cancels
+    for beta near 1 at small s (at beta2 = 0.999, s = 1 it loses three of seven digits)."""
+    # A tensor beta stays on its device (no host read); torch.log(0) is already -inf.
+    log_beta = torch.log(beta) if isinstance(beta, torch.Tensor) else _log_beta(beta)
+    return torch.expm1(steps * log_beta).neg_()
 
 
 def _min_sampled(k: int) -> int:
@@ -488,7 +496,7 @@ class _AdamGather:
         b = self.buffer
         if self.betas != (beta1, beta2):  # filled from host floats: no copy, no sync
             for row, beta in enumerate((beta1, beta2)):
-                self.log_betas[row].fill_(math.log(beta) if beta > 0 else -math.inf)
+                self.log_betas[row].fill_(_log_beta(beta))
             self.betas = (beta1, beta2)
         torch._foreach_copy_(self.dests, sources)  # casts half state, follows any strides
         # Adam: d = f m / (sqrt(v) + c), f = sqrt(bc2) / bc1, c = eps sqrt(bc2), per tensor,

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 from lrpilot.client import stats as stats_module
+from lrpilot.client.cosine import _bias_correction
 from lrpilot.client.errors import MonitorConfigError
 from lrpilot.client.stats import StatsCollector, StatsConfig
 from torch import nn
@@ -642,6 +643,35 @@ def test_one_param_group_of_a_small_model_takes_the_gathered_path(
     assert_same(expected, got)
     if opt_name.startswith("adam"):  # the gathered path ran (not only the general one)
         assert any(key[0] == "adam" for key in stats._cos._gathers)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("beta", [0.999, 0.9, 0.5])
+def test_adams_bias_correction_keeps_float32_precision_at_small_step_counts(beta: float) -> None:
+    """1 - beta**s in float32 cancels when beta**s is near 1 (at beta = 0.999, s = 1 it is off
+    by 2e-5, relatively); the client's -expm1(s ln beta) stays within float32 rounding, for
+    a float beta and a tensor one alike; beta 0 gives exactly 1."""
+    st = torch.tensor([1.0, 2.0, 3.0, 10.0, 100.0, 3000.0])
+    for b in (beta, torch.tensor(beta)):
+        exact_beta = float(b)  # a tensor beta is float32's nearest value to ``beta``
+        exact = torch.tensor([1.0 - exact_beta**s for s in st.tolist()], dtype=torch.float64)
+        got = _bias_correction(st, b)
+        assert got.dtype == torch.float32
+        assert ((got.double() - exact) / exact).abs().max().item() < 3e-7
+    assert _bias_correction(st, 0.0).tolist() == [1.0] * len(st)
+    assert _bias_correction(st, torch.tensor(0.0)).tolist() == [1.0] * len(st)
+
+
+def test_adam_with_tensor_betas_takes_the_general_path() -> None:
+    """Tensor betas stay on their device: the update is rebuilt tensor by tensor (the general
+    path, not the gathered one), and matches the reference."""
+    torch.manual_seed(0)
+    model = LateNet()
+    betas = (torch.tensor(0.9), torch.tensor(0.999))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=betas)  # type: ignore[arg-type]
+    stats = StatsCollector(model, opt, COS_ONLY)
+    expected, got = run_with_reference(model, opt, stats, 10, late_from=4)
+    assert_same(expected, got)
+    assert not any(key[0] == "adam" for key in stats._cos._gathers)  # type: ignore[union-attr]
 
 
 def test_resumed_adam_uses_its_step_count_for_bias_correction() -> None:
