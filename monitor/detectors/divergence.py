@@ -40,7 +40,6 @@ from .base import (
     BlockLevels,
     Detection,
     Detector,
-    Trend,
     all_finite,
     check_int,
     check_real,
@@ -228,10 +227,10 @@ class DivergenceDetector(Detector):
         if math.isinf(c.rise):  # the rise test is off: it cannot hold
             self._rising = 0
             return self._stuck_test(step)
-        fit = linear_trend(blocks.xs, blocks.ys)
-        detection = self._rise_test(step, fit)
+        line = _Line(blocks.xs, blocks.ys)
+        detection = self._rise_test(step, line)
         if detection is None:
-            detection = self._stuck_test(step, fit)
+            detection = self._stuck_test(step, line)
         return detection
 
     def _set_initial(self, first: list[float]) -> None:
@@ -257,23 +256,21 @@ class DivergenceDetector(Detector):
         recent = self._recent()
         if recent is None:
             return None
-        xs, ys = recent
-        fit = linear_trend(xs, ys)
-        span = xs[-1] - xs[0]
-        start, end = fit.at(xs[0]), fit.at(xs[-1])
-        rel = _relative(start, end)
+        line = _Line(*recent)
+        rel = line.rise()
         if rel < c.rise:  # too small a rise whatever its p: spare the t tail
             return None
-        p, t = _rise_p(fit.se * span, end - start, fit.n)
+        p, t = line.p_t()
         if p >= c.alpha:
             return None
         self._rising = 0
         self._blocks.clear()
+        start, end = line.start, line.end
         return Detection(
             step,
             "divergence",
             f"divergence: {c.series} rising {start:.4g} -> {end:.4g} (+{rel:.0%}) over the "
-            f"last {span:g} steps along a line (p={p:.1g})",
+            f"last {line.span:g} steps along a line (p={p:.1g})",
             {"cause": "rise", "start": start, "end": end, "rise": rel, "p": p, "t": t},
         )
 
@@ -309,16 +306,13 @@ class DivergenceDetector(Detector):
             {"cause": "died", "level": low, "initial": init, "best": self._best},
         )
 
-    def _rise_test(self, step: int, fit: Trend) -> Detection | None:
+    def _rise_test(self, step: int, line: _Line) -> Detection | None:
         c = self.config
-        xs = self._blocks.xs
-        span = xs[-1] - xs[0]
-        start, end = fit.at(xs[0]), fit.at(xs[-1])
-        rel = _relative(start, end)
+        rel = line.rise()
         if rel < c.rise:  # too small a rise whatever its p: spare the t tail
             self._rising = 0
             return None
-        p, t = _rise_p(fit.se * span, end - start, fit.n)
+        p, t = line.p_t()
         if p >= c.alpha:
             self._rising = 0
             return None
@@ -328,11 +322,12 @@ class DivergenceDetector(Detector):
         rising = self._rising
         self._rising = 0
         self._blocks.clear()
+        start, end = line.start, line.end
         return Detection(
             step,
             "divergence",
             f"divergence: {c.series} rising {start:.4g} -> {end:.4g} (+{rel:.0%}) over "
-            f"{span:g} steps (p={p:.1g}), for {rising} steps",
+            f"{line.span:g} steps (p={p:.1g}), for {rising} steps",
             {"cause": "rise", "start": start, "end": end, "rise": rel, "p": p, "t": t},
         )
 
@@ -343,7 +338,7 @@ class DivergenceDetector(Detector):
             return False
         return self.points >= c.stuck_after + (self._stuck_at if self._stuck_fired else 0)
 
-    def _stuck_test(self, step: int, fit: Trend | None = None) -> Detection | None:
+    def _stuck_test(self, step: int, line: _Line | None = None) -> Detection | None:
         c = self.config
         init = self._initial
         if init is None or not self._stuck_due():
@@ -351,16 +346,15 @@ class DivergenceDetector(Detector):
         # "not improving": the fall is not significant at 5%; "no better than the initial
         # level": not better by more than the tolerance at the one-sided 5% level of an
         # estimated initial level's own noise (1.645 standard errors). The level is the
-        # cheaper test, so the line is fit (``fit``: already fit, or None) only if it passes.
+        # cheaper test, so the line is fit (``line``: already fit, or None) only if it passes.
         blocks = self._blocks
         window_level = median(blocks.ys)
         tolerance = c.stuck_tolerance * abs(init) + 1.645 * self._initial_se
         if init - window_level > tolerance:
             return None
-        if fit is None:
-            fit = linear_trend(blocks.xs, blocks.ys)
-        x0, x1 = blocks.xs[0], blocks.xs[-1]
-        p_fall = 1.0 - _rise_p(fit.se * (x1 - x0), fit.at(x1) - fit.at(x0), fit.n)[0]
+        if line is None:
+            line = _Line(blocks.xs, blocks.ys)
+        p_fall = 1.0 - line.p_t()[0]
         if p_fall < 0.05:
             return None
         self._stuck_fired = True
@@ -374,6 +368,31 @@ class DivergenceDetector(Detector):
             f"and not falling (p={p_fall:.2f}): the net may have died",
             {"cause": "stuck", "level": window_level, "initial": init, "p_fall": p_fall},
         )
+
+
+class _Line:
+    """A least-squares line through block levels, read from the first block to the last: its
+    ends, span, relative rise, and the one-sided p of the rise (worked out once, when first
+    asked: the rise test and the stuck test read the same line)."""
+
+    __slots__ = ("_p_t", "end", "fit", "span", "start")
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+        self.fit = fit = linear_trend(xs, ys)
+        self.span = xs[-1] - xs[0]
+        self.start, self.end = fit.at(xs[0]), fit.at(xs[-1])
+        self._p_t: tuple[float, float] | None = None
+
+    def rise(self) -> float:
+        """(end - start) / |start|."""
+        return _relative(self.start, self.end)
+
+    def p_t(self) -> tuple[float, float]:
+        """(one-sided p of the rise, t)."""
+        if self._p_t is None:
+            fit = self.fit
+            self._p_t = _rise_p(fit.se * self.span, self.end - self.start, fit.n)
+        return self._p_t
 
 
 def _rise_p(se_change: float, change: float, n: int) -> tuple[float, float]:
