@@ -126,6 +126,7 @@ BATCH_FACTORIES = {
     **FACTORIES,
     "plateau-default": PlateauDetector,
     "plateau-cooldown": lambda: PlateauDetector(PlateauConfig(patience=32, blocks=8, cooldown=13)),
+    "oscillation-default": OscillationDetector,
     "spike-default": SpikeDetector,
     "divergence-default": DivergenceDetector,
     "divergence-grad-watch": lambda: DivergenceDetector(
@@ -443,6 +444,33 @@ def test_oscillation_finds_a_zigzag_at_the_expected_point() -> None:
     got = [s for s in range(1000) if hits(s, series[s])]
     assert got, "a 2-sigma zig-zag must be found"
     assert 400 < got[0] <= 400 + 200, f"wrong at detection 0: expected in (400, 600], got {got[0]}"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_oscillation_fires_where_a_recount_of_turning_points_reaches_the_bar(seed: int) -> None:
+    """Against the definition, counted afresh at every point: point i is a turning point
+    when it is above or below both neighbours; the detector fires at the point where the
+    last ``window`` turning-point flags hold at least mean + z sd of them, then starts a new
+    window (the two points before it still count as neighbours)."""
+    window, z = 40, 3.0
+    n = window + 2
+    fire_at = 2.0 * (n - 2) / 3.0 + z * math.sqrt((16.0 * n - 29.0) / 90.0)
+    values = regime_series(seed, 3000, nonfinite=False)
+    flags: list[bool] = []
+    expected = []
+    for i in range(2, len(values)):
+        a, b, c = values[i - 2 : i + 1]
+        flags.append((b > a and b > c) or (b < a and b < c))
+        if len(flags) >= window and sum(flags[-window:]) >= fire_at:
+            expected.append(i)
+            flags = []
+    assert expected, "the series must hold zig-zags for this test to mean anything"
+    det = OscillationDetector(OscillationConfig(window=window, z=z))
+    got = []
+    for i in range(0, len(values), 37):  # the batch path, in batches of 37
+        got += [d.step for d in det.update_many(list(range(i, i + 37))[: len(values) - i],
+                                                values[i : i + 37])]  # fmt: skip
+    assert got == expected
 
 
 def test_alignment_detects_both_signs_and_not_noise() -> None:
