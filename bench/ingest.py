@@ -9,9 +9,9 @@ In one run on this machine (issue 7):
 (b) the bare SQLite insert rate into the same schema: through ``Store.write_batches`` and
     with a raw ``executemany`` into the same ``points`` table (one run's rows, 160,000 per
     transaction: SQLite's best case, the issue's yardstick), and a raw ``executemany`` of the
-    rows as the controller commits them (every client's batches interleaved, 2,000 points
-    per transaction, so a commit rewrites 400 series' pages; the same work, without the
-    controller);
+    rows as the controller commits them under load (every client's batches interleaved,
+    2,000 points per executemany, 20,000 per transaction, so a commit rewrites 400 series'
+    pages; the same work, without the controller);
 (c) the raw pyzmq receive rate, DEALER -> ROUTER, msgpack batches of the same shape,
     received and decoded (untyped);
 (d) LR command latency under the load of (a): ``--torch-runs`` real torch runs (2, as the
@@ -370,11 +370,12 @@ def bench_sqlite(records: int, batch_steps: int, tmp: Path) -> dict[str, Any]:
 
 
 def bench_sqlite_as_served(records: int, clients: int, batch_steps: int, tmp: Path) -> float:
-    """Raw executemany of the rows the controller writes, as it writes them: ``clients`` runs'
-    batches interleaved in arrival order, one transaction per ``_COMMIT_POINTS`` points, the
-    Store's pragmas. 400 series' pages change in every commit instead of 4; bare SQLite is
-    much slower at that than at one run's rows in 160,000-row transactions."""
-    from lrpilot.monitor.server import _COMMIT_POINTS
+    """Raw executemany of the rows the controller writes, as it writes them under load:
+    ``clients`` runs' batches interleaved in arrival order, one executemany per
+    ``_COMMIT_POINTS`` points, one transaction per ``_TXN_POINTS``, the Store's pragmas. 400
+    series' pages change in every commit instead of 4; bare SQLite is much slower at that
+    than at one run's rows in 160,000-row transactions."""
+    from lrpilot.monitor.server import _COMMIT_POINTS, _TXN_POINTS
 
     store = Store(tmp / "served.db")  # its pragmas (WAL, cache, checkpoint) on its connection
     con = store._conn
@@ -384,18 +385,20 @@ def bench_sqlite_as_served(records: int, clients: int, batch_steps: int, tmp: Pa
         for r in range(clients):
             batches.append([(4 * r + k + 1, s, 0.5 + 1e-6 * s) for s in
                             range(first, first + batch_steps) for k in range(4)])  # fmt: skip
-    per_commit = max(_COMMIT_POINTS // per_batch, 1)
-    commits = [
-        [row for b in batches[i : i + per_commit] for row in b]
-        for i in range(0, len(batches), per_commit)
+    per_write = max(_COMMIT_POINTS // per_batch, 1)
+    per_commit = max(_TXN_POINTS // (per_write * per_batch), 1)  # writes per transaction
+    writes = [
+        [row for b in batches[i : i + per_write] for row in b]
+        for i in range(0, len(batches), per_write)
     ]
     t0 = time.perf_counter()
-    for rows in commits:
+    for i in range(0, len(writes), per_commit):
         with con:
-            con.executemany(_INSERT_POINTS, rows)
+            for rows in writes[i : i + per_commit]:
+                con.executemany(_INSERT_POINTS, rows)
     seconds = time.perf_counter() - t0
     store.close()
-    return sum(map(len, commits)) / seconds
+    return sum(map(len, writes)) / seconds
 
 
 # ---------------------------------------------------------------- (c) raw pyzmq

@@ -71,11 +71,18 @@ log = logging.getLogger("lrpilot.controller")
 
 #: A turn reads at most this many messages before it commits.
 _DRAIN_LIMIT = 5000
-#: Points per commit: a request or command ack read during a commit waits for it. Under
-#: bench/ingest.py's load on 2 cores a 10,000-point commit took 56 ms at p90 (100 ms at p99),
-#: a 2,000-point one 9 ms (35 ms): the same time per point (~3-5 us, the CPU shared), since
-#: each batch touches its own series' pages either way, but requests wait a fifth as long.
+#: Points per turn's write (one executemany): a request or command ack read during it waits
+#: for it. Under bench/ingest.py's load on 2 cores a 10,000-point commit took 56 ms at p90
+#: (100 ms at p99), a 2,000-point one 9 ms (35 ms): requests wait a fifth as long.
 _COMMIT_POINTS = 2_000
+#: Points one transaction gathers, a turn's write at a time, before it is committed and its
+#: batches acknowledged: with 100 runs streaming, a commit writes each run's changed pages
+#: whatever the number of points, so 10 turns' writes in one commit store ~20 % more points
+#: per second (bench/ingest.py). It commits sooner when nothing more is queued, after
+#: ``_TXN_SECONDS``, and before any other message is handled, so a request never waits for
+#: more than one turn's write and acknowledgements never for long.
+_TXN_POINTS = 20_000
+_TXN_SECONDS = 0.05
 #: Points read but not yet committed; metrics beyond it are dropped unacknowledged (counted
 #: as "overloaded"; their clients resend). Well-behaved clients never get near it: each
 #: keeps a bounded window of unacknowledged batches.
@@ -170,6 +177,10 @@ class Controller(CommandFlow, RequestHandlers):
         self._detection: Detection = InlineDetection(self.control_defaults)
         self._pending: deque[tuple[bytes, Metrics, list[bytes]]] = deque()
         self._pending_points = 0
+        # Written in the open transaction, not yet committed (nor acknowledged, nor detected).
+        self._uncommitted: list[tuple[bytes, Metrics, list[bytes], str]] = []
+        self._uncommitted_points = 0
+        self._txn_started = 0.0
         self._poller = zmq.Poller()
         self._next_sweep = 0.0
 
@@ -329,6 +340,7 @@ class Controller(CommandFlow, RequestHandlers):
                 while self._policy_updates:  # saved by the watcher's thread, applied here
                     self._apply_policy(self._policy_updates.popleft())
         finally:
+            self._guarded(self._settle)  # what is written is committed and acknowledged
             if self._watcher is not None:
                 self._watcher.stop()
             self._sock.close(0)
@@ -400,12 +412,14 @@ class Controller(CommandFlow, RequestHandlers):
                 continue
             if isinstance(msg, Bye):  # its run's queued batches are committed first
                 self._guarded(self._commit_run, msg.run_id)
+            self._guarded(self._settle)  # it reads or writes what is committed
             self._guarded(self._dispatch, identity, msg, received)
 
     def _commit_next(self) -> None:
-        """Commit the oldest queued batches, up to ``_COMMIT_POINTS`` points, unless
-        detection is too far behind."""
+        """Write the oldest queued batches, up to ``_COMMIT_POINTS`` points, unless
+        detection is too far behind; commit when the transaction is due (``_TXN_POINTS``)."""
         if not self._pending or self._detection.backlog >= _DETECT_BACKLOG:
+            self._settle()
             return
         batch: list[tuple[bytes, Metrics, list[bytes]]] = []
         points = 0
@@ -414,7 +428,13 @@ class Controller(CommandFlow, RequestHandlers):
             batch.append(item)
             points += len(item[1].steps)
         self._pending_points -= points
-        self._commit(batch)
+        self._write(batch)
+        if (
+            not self._pending
+            or self._uncommitted_points >= _TXN_POINTS
+            or time.monotonic() - self._txn_started >= _TXN_SECONDS
+        ):
+            self._settle()
 
     def _commit_run(self, run_id: str) -> None:
         """Commit the queued batches of one run now (it said bye: they come before it)."""
@@ -423,7 +443,8 @@ class Controller(CommandFlow, RequestHandlers):
             return
         self._pending = deque(item for item in self._pending if item[1].run_id != run_id)
         self._pending_points -= sum(len(item[1].steps) for item in mine)
-        self._commit(mine)
+        self._write(mine)
+        self._settle()
 
     def _guarded(self, fn: Any, *args: Any) -> None:
         """Run one message's handling; a failure is counted and logged, never fatal: one bad
@@ -530,7 +551,8 @@ class Controller(CommandFlow, RequestHandlers):
         for cmd in self.store.pending_commands(hello.run_id):  # e.g. sent before a restart
             self._send_command(session, cmd.id, cmd.action, cmd.value, cmd.source, cmd.reason)
 
-    def _commit(self, pending: list[tuple[bytes, Metrics, list[bytes]]]) -> None:
+    def _write(self, pending: list[tuple[bytes, Metrics, list[bytes]]]) -> None:
+        """Write metrics batches of known peers in the open transaction (see :meth:`_settle`)."""
         if not pending:
             return
         assert self.store is not None
@@ -547,16 +569,35 @@ class Controller(CommandFlow, RequestHandlers):
         if not accepted:
             return
         try:
-            results = self.store.write_batches([b for _, b, _ in accepted])
+            results = self.store.write_batches([b for _, b, _ in accepted], commit=False)
         except (StoreError, UnknownRun) as exc:
             self._reject("store error", str(exc))
-            for _, batch, _ in accepted:  # unacknowledged: the clients keep them and resend
-                self._sessions[batch.run_id].needs_resend = True
+            self._resend([b for _, b, _ in accepted])
+            self._settle()  # the failed write rolled back the open transaction: say so
+            return
+        if not self._uncommitted:
+            self._txn_started = time.monotonic()
+        for (identity, batch, frames), result in zip(accepted, results, strict=True):
+            self._uncommitted.append((identity, batch, frames, result))
+            self._uncommitted_points += len(batch.steps)
+
+    def _settle(self) -> None:
+        """Commit the open transaction, then acknowledge its batches and hand them to
+        detection; if the commit fails, none of them is stored and their clients resend."""
+        if not self._uncommitted:
+            return
+        assert self.store is not None
+        done, self._uncommitted, self._uncommitted_points = self._uncommitted, [], 0
+        try:
+            self.store.commit()
+        except StoreError as exc:
+            self._reject("store error", str(exc))
+            self._resend([batch for _, batch, _, _ in done])
             return
         acks: dict[str, tuple[bytes, bool]] = {}
         seqs: dict[str, int] = {}
         detection = self._detection
-        for (identity, batch, frames), result in zip(accepted, results, strict=True):
+        for identity, batch, frames, result in done:
             gap = result == "gap"
             prev = acks.get(batch.run_id)
             acks[batch.run_id] = (identity, gap or (prev is not None and prev[1]))
@@ -571,8 +612,17 @@ class Controller(CommandFlow, RequestHandlers):
             seq = seqs.get(run_id)
             if seq is None:  # nothing of it written in this commit
                 seq = self.store.committed_seq(run_id)
-            self._sessions[run_id].needs_resend = False
+            session = self._sessions.get(run_id)
+            if session is not None:
+                session.needs_resend = False
             self._send(identity, BatchAck(run_id=run_id, seq=seq, resend=gap))
+
+    def _resend(self, batches: list[Metrics]) -> None:
+        """These batches are not stored: their clients keep them and resend them."""
+        for batch in batches:
+            session = self._sessions.get(batch.run_id)
+            if session is not None:
+                session.needs_resend = True
 
     # ---------------------------------------------------------------- memory
 

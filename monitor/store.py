@@ -11,6 +11,7 @@ sequence is at or below ``last_seq`` is ignored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -189,6 +190,8 @@ class Store:
         self.readonly = readonly
         self.stale_after = stale_after
         self._series: dict[str, dict[str, int]] = {}  # run id -> series name -> id
+        self._open = False  # write_batches(commit=False) left a transaction open
+        self._rolled_back = ""  # why the open transaction was lost, for commit() to raise
         try:
             if readonly:
                 if not self.path.exists():
@@ -243,17 +246,40 @@ class Store:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, commit: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed at the end unless ``commit`` is False (then it
+        stays open for more writes; :meth:`commit` ends it). A write that commits while one
+        is open commits it too; one that fails rolls it back, and :meth:`commit` says so."""
         try:
-            with self._conn:
-                yield self._conn
+            yield self._conn
+            if commit:
+                self._conn.commit()
         except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.rollback()
+            if self._open:
+                self._open = False
+                self._rolled_back = f"{type(exc).__name__}: {exc}"
             # Series ids created inside a rolled-back transaction no longer exist: forget
             # them, or their points would later be stored under another series' id.
             self._series.clear()
             if isinstance(exc, sqlite3.OperationalError):
                 raise StoreError(f"cannot write to {self.path}: {exc}") from None
             raise
+        self._open = not commit
+
+    def commit(self) -> None:
+        """Commit what ``write_batches(..., commit=False)`` left open (nothing if none).
+
+        Raises StoreError when it cannot be committed, or when a failed write rolled it back
+        since: either way none of it is stored.
+        """
+        lost, self._rolled_back = self._rolled_back, ""
+        if lost:
+            raise StoreError(f"cannot write to {self.path}: rolled back ({lost})")
+        if self._open:
+            with self._transaction():
+                pass
 
     # ---------------------------------------------------------------- writing (controller)
 
@@ -320,8 +346,11 @@ class Store:
         """Drop the run's cached series ids (memory only; a later write looks them up)."""
         self._series.pop(run_id, None)
 
-    def write_batches(self, batches: Sequence[Any], now: float | None = None) -> list[str]:
-        """Commit metrics batches (protocol ``Metrics``) in one transaction.
+    def write_batches(
+        self, batches: Sequence[Any], now: float | None = None, *, commit: bool = True
+    ) -> list[str]:
+        """Commit metrics batches (protocol ``Metrics``) in one transaction; with ``commit``
+        False, write them in the open transaction and leave it open (see :meth:`commit`).
 
         Returns, per batch, ``"written"``; ``"duplicate"`` for a resend at or below the run's
         committed sequence (skipped); or ``"gap"`` when an earlier batch the client still holds
@@ -335,7 +364,7 @@ class Store:
         rows: list[tuple[int, int, float]] = []
         # run id -> [last_seq, points, dropped, last_step, last_loss, lrs] of its written batches
         runs: dict[str, list[Any]] = {}
-        with self._transaction() as c:
+        with self._transaction(commit) as c:
             seqs: dict[str, int] = {}
             for b in batches:
                 last = seqs.get(b.run_id)

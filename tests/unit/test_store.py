@@ -122,6 +122,47 @@ def test_readonly_reader_sees_the_writer(store: Store) -> None:
     assert [n for _, n, _ in reader.iter_points("r1")] == ["loss", "loss", "lr"]
 
 
+def test_batches_written_without_commit_are_stored_only_once_committed(store: Store) -> None:
+    """write_batches(commit=False) keeps one transaction open over several calls: a reader
+    sees none of it until commit(); the sequence checks see it already."""
+    reader = Store(store.path, readonly=True)
+    assert store.write_batches([batch(1, [0, 1])], commit=False) == ["written"]
+    assert store.write_batches([batch(2, [2]), batch(2, [2])], commit=False) == [
+        "written", "duplicate",
+    ]  # fmt: skip
+    assert store.write_batches([batch(4, [4], base_seq=3)], commit=False) == ["gap"]
+    assert reader.points("r1", "loss")[0].tolist() == []
+    assert reader.committed_seq("r1") == 0
+    store.commit()
+    assert reader.points("r1", "loss")[0].tolist() == [0, 1, 2]
+    assert reader.committed_seq("r1") == 2
+    store.commit()  # nothing open: nothing to do
+
+
+def test_a_failed_write_rolls_back_the_open_transaction_and_commit_says_so(
+    store: Store,
+) -> None:
+    store.write_batches([batch(1, [0, 1])], commit=False)
+    with pytest.raises(UnknownRun):
+        store.write_batches([batch(1, [5], run_id="nobody")], commit=False)
+    with pytest.raises(StoreError, match="rolled back"):
+        store.commit()
+    assert store.committed_seq("r1") == 0
+    assert store.points("r1", "loss")[0].tolist() == []
+    # The store goes on: the client's resend is stored, under a fresh series id.
+    assert store.write_batches([batch(1, [0, 1])]) == ["written"]
+    assert store.points("r1", "loss")[0].tolist() == [0, 1]
+    store.commit()  # the loss was reported once
+
+
+def test_another_write_commits_the_open_transaction_with_it(store: Store) -> None:
+    reader = Store(store.path, readonly=True)
+    store.write_batches([batch(1, [0])], commit=False)
+    store.touch("r1")
+    assert reader.committed_seq("r1") == 1
+    store.commit()  # already committed: nothing to raise
+
+
 def test_a_run_id_is_bound_to_the_secret_of_its_first_hello(tmp_path: Path) -> None:
     s = Store(tmp_path / "o.db")
     s.open_run("r", "n", secret="mine")

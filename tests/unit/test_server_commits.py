@@ -1,0 +1,110 @@
+"""The controller's write transactions: several turns' writes share one commit while more is
+queued, and nothing is acknowledged or detected before it is committed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from lrpilot.client.protocol import BatchAck, Heartbeat, Hello, Metrics, decode, encode
+from lrpilot.monitor import server
+from lrpilot.monitor.server import Controller
+from lrpilot.monitor.store import Store
+
+RUNS = 10
+
+
+@pytest.fixture
+def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Controller]:
+    monkeypatch.setattr(server, "_TXN_SECONDS", 3600.0)  # only the point count and the queue
+    c = Controller(tmp_path / "t.db", "tcp://127.0.0.1:*", detect="inline")
+    c.bind()
+    try:
+        for r in range(RUNS):
+            c._dispatch(b"peer%d" % r, Hello(run_id=f"r{r}", run=f"run{r}", lrs=[0.1]))
+        yield c
+    finally:
+        c.close()
+
+
+def queue(c: Controller, seqs: range) -> None:
+    """Queue batches of 20 steps x 4 scalars (80 points) for every run, as _read does."""
+    for seq in seqs:
+        for r in range(RUNS):
+            first = (seq - 1) * 20
+            msg = Metrics(run_id=f"r{r}", seq=seq, names=["loss", "a", "b", "lr"],
+                          steps=[s for s in range(first, first + 20) for _ in range(4)],
+                          keys=[0, 1, 2, 3] * 20, values=[0.5, 1.0, 2.0, 0.1] * 20)  # fmt: skip
+            c._pending.append((b"peer%d" % r, msg, encode(msg)))
+            c._pending_points += 80
+
+
+def count_commits(c: Controller, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    assert c.store is not None
+    calls: list[int] = []
+    commit = c.store.commit
+    monkeypatch.setattr(c.store, "commit", lambda: (calls.append(1), commit())[1])
+    return calls
+
+
+def test_writes_share_one_commit_while_more_is_queued(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = controller
+    reader = Store(c.db_path, readonly=True)
+    commits = count_commits(c, monkeypatch)
+    queue(c, range(1, 11))  # 10 runs x 10 batches x 80 points: four writes of 2,000 points
+    for _ in range(3):
+        c._commit_next()
+        assert commits == [] and c.stats.points == 0  # written, not committed, not acked
+        assert reader.committed_seq("r0") == 0
+        assert c._detection.backlog == 0  # detection sees committed points only
+    c._commit_next()  # the queue is empty now: commit
+    assert len(commits) == 1
+    assert [reader.committed_seq(f"r{r}") for r in range(RUNS)] == [10] * RUNS
+    assert c.stats.points == 8000
+
+
+def test_a_full_transaction_commits_with_more_queued(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "_TXN_POINTS", 4000)
+    c = controller
+    commits = count_commits(c, monkeypatch)
+    queue(c, range(1, 11))
+    c._commit_next()
+    assert commits == []
+    c._commit_next()  # 4,000 points written: due, though 4,000 more are queued
+    assert len(commits) == 1 and c.stats.points == 4000
+
+
+def test_any_other_message_is_handled_after_a_commit(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat is answered with the committed sequence: _read commits the open
+    transaction before it handles anything but metrics."""
+    c = controller
+    commits = count_commits(c, monkeypatch)
+    queue(c, range(1, 11))
+    c._commit_next()  # 2,000 points: seqs 1-2 of every run, seq 3 of r0-r4
+    assert commits == []
+    ctx = zmq.Context.instance()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.ROUTING_ID, b"peer0")  # the identity r0's hello came from
+    peer.setsockopt(zmq.LINGER, 0)
+    try:
+        peer.connect(c.endpoint)
+        peer.send_multipart(encode(Heartbeat(run_id="r0", step=40)))
+        assert c._sock is not None
+        assert c._sock.poll(5000), "the heartbeat did not arrive"
+        c._read()
+        assert len(commits) == 1
+        acks = []
+        for _ in range(2):  # the batches' ack, then the heartbeat's answer
+            assert peer.poll(5000), f"only {len(acks)} of 2 answers"
+            acks.append(decode(peer.recv_multipart()))
+        assert all(isinstance(a, BatchAck) and a.seq == 3 for a in acks), acks
+    finally:
+        peer.close(0)
