@@ -276,8 +276,14 @@ class Store:
         """
         lost, self._rolled_back = self._rolled_back, ""
         if lost:
+            if self._open:  # written since the loss: the caller counts it lost with the rest
+                self._open = False
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.rollback()
+                self._series.clear()
             raise StoreError(f"cannot write to {self.path}: rolled back ({lost})")
         if self._open:
+            self._open = False  # a failure below is raised now, not kept for the next call
             with self._transaction():
                 pass
 

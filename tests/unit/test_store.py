@@ -155,6 +155,49 @@ def test_a_failed_write_rolls_back_the_open_transaction_and_commit_says_so(
     store.commit()  # the loss was reported once
 
 
+class FailingCommit:
+    """The store's connection, whose next commit fails as on a full disk."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.fail = conn, True
+
+    def commit(self) -> None:
+        if self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        self.conn.commit()
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+
+def test_a_failed_commit_is_reported_once_and_the_next_transaction_commits(
+    store: Store,
+) -> None:
+    store._conn = FailingCommit(store._conn)  # type: ignore[assignment]
+    store.write_batches([batch(1, [0, 1])], commit=False)
+    with pytest.raises(StoreError, match="disk is full"):
+        store.commit()
+    assert store.committed_seq("r1") == 0  # rolled back: nothing of it stored
+    assert store.write_batches([batch(1, [0, 1])], commit=False) == ["written"]  # the resend
+    store.commit()
+    assert store.committed_seq("r1") == 1
+    assert store.points("r1", "loss")[0].tolist() == [0, 1]
+
+
+def test_what_is_written_after_a_loss_is_lost_with_it(store: Store) -> None:
+    """commit() reports the rolled-back transaction; a write made since (its caller counts
+    it lost too) is rolled back with it, so the two agree on what is stored."""
+    store.write_batches([batch(1, [0])], commit=False)
+    with pytest.raises(UnknownRun):
+        store.write_batches([batch(1, [5], run_id="nobody")], commit=False)
+    store.write_batches([batch(1, [0])], commit=False)
+    with pytest.raises(StoreError, match="rolled back"):
+        store.commit()
+    assert store.committed_seq("r1") == 0
+    store.commit()  # reported once; nothing open
+
+
 def test_another_write_commits_the_open_transaction_with_it(store: Store) -> None:
     reader = Store(store.path, readonly=True)
     store.write_batches([batch(1, [0])], commit=False)
