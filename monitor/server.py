@@ -605,6 +605,9 @@ class Controller(CommandFlow, RequestHandlers):
                 self.stats.batches += 1
                 self.stats.points += len(batch.steps)
                 seqs[batch.run_id] = batch.seq
+                session = self._sessions.get(batch.run_id)
+                if session is not None:
+                    session.streamed = True
                 detection.observe(batch.run_id, batch, frames)
             elif result == "duplicate":
                 self.stats.duplicates += 1
@@ -637,9 +640,11 @@ class Controller(CommandFlow, RequestHandlers):
         ]  # fmt: skip
         excess = len(self._sessions) - len(gone) + room - _MAX_SESSIONS
         if excess > 0:
+            # Finished runs go first, then runs that never had a point stored (a flood of
+            # hellos must not push out the live runs' state), then the longest silent.
             keep = sorted(
                 (s for s in self._sessions.values() if s.run_id not in set(gone)),
-                key=lambda s: (not s.finished, s.last_heard),
+                key=lambda s: (not s.finished, s.streamed, s.last_heard),
             )
             gone += [s.run_id for s in keep[:excess]]
         for run_id in gone:

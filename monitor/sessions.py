@@ -25,6 +25,7 @@ class Session:
     paused: bool = False  # a manual override; mirrors the run's RunController
     finished: bool = False
     needs_resend: bool = False  # a commit of its batches failed: ask for them again
+    streamed: bool = False  # some of its points are stored: kept over hello-only runs
 
     @property
     def mode(self) -> str:

@@ -108,3 +108,20 @@ def test_any_other_message_is_handled_after_a_commit(
         assert all(isinstance(a, BatchAck) and a.seq == 3 for a in acks), acks
     finally:
         peer.close(0)
+
+
+def test_a_flood_of_hellos_does_not_push_out_a_streaming_run(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the session limit a new hello makes room by forgetting a run's in-memory state
+    (its detectors too); runs that never had a point stored go before one that streams."""
+    monkeypatch.setattr(server, "_MAX_SESSIONS", RUNS + 2)
+    c = controller
+    queue(c, range(1, 2))  # one batch of every run
+    for _ in range(5):
+        c._commit_next()
+    assert c.stats.points == RUNS * 80
+    for i in range(50):  # hello-only runs, each newer than the streamers' last batch
+        c._dispatch(b"flood%d" % i, Hello(run_id=f"f{i}", run=f"flood-{i}", lrs=[0.1]))
+    assert all(f"r{r}" in c._sessions for r in range(RUNS))
+    assert len(c._sessions) <= RUNS + 2
