@@ -299,8 +299,9 @@ class UpdateCosine:
             sbc2 = _bias_correction(st, beta2).sqrt_()
             c, f = (sbc2 * eps).unbind(), (sbc2 / _bias_correction(st, beta1)).unbind()
         else:  # per tensor, each on its own device
-            sbc2_l = [_bias_correction(t.float(), beta2).sqrt_() for t in steps]
-            bc1 = [_bias_correction(t.float(), beta1) for t in steps]
+            sbc2_l = _bias_corrections(steps, beta2)
+            torch._foreach_sqrt_(sbc2_l)
+            bc1 = _bias_corrections(steps, beta1)
             c, f = torch._foreach_mul(sbc2_l, eps), torch._foreach_div(sbc2_l, bc1)
         us = torch._foreach_sqrt(vs)
         torch._foreach_add_(us, c)
@@ -368,6 +369,18 @@ def _bias_correction(steps: torch.Tensor, beta: float | torch.Tensor) -> torch.T
     # A tensor beta stays on its device (no host read); torch.log(0) is already -inf.
     log_beta = torch.log(beta) if isinstance(beta, torch.Tensor) else _log_beta(beta)
     return torch.expm1(steps * log_beta).neg_()
+
+
+def _bias_corrections(steps: list[torch.Tensor], beta: float | torch.Tensor) -> list[torch.Tensor]:
+    """:func:`_bias_correction` of each step tensor, on its own device: three foreach ops
+    for a float beta, not three ops per tensor."""
+    floats = [t.float() for t in steps]  # Adam keeps float32 steps: no copy then
+    if isinstance(beta, torch.Tensor):
+        return [_bias_correction(t, beta) for t in floats]
+    out = torch._foreach_mul(floats, _log_beta(beta))
+    torch._foreach_expm1_(out)
+    torch._foreach_neg_(out)
+    return out
 
 
 def _min_sampled(k: int) -> int:

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 from lrpilot.client import stats as stats_module
-from lrpilot.client.cosine import _bias_correction
+from lrpilot.client.cosine import _bias_correction, _bias_corrections
 from lrpilot.client.errors import MonitorConfigError
 from lrpilot.client.stats import StatsCollector, StatsConfig
 from torch import nn
@@ -659,6 +659,10 @@ def test_adams_bias_correction_keeps_float32_precision_at_small_step_counts(beta
         assert ((got.double() - exact) / exact).abs().max().item() < 3e-7
     assert _bias_correction(st, 0.0).tolist() == [1.0] * len(st)
     assert _bias_correction(st, torch.tensor(0.0)).tolist() == [1.0] * len(st)
+    # The per-tensor form (state on several devices) gives the same values, bit for bit.
+    for b in (beta, torch.tensor(beta), 0.0):
+        each = _bias_corrections(list(st.unbind()), b)
+        assert torch.equal(torch.stack(each), _bias_correction(st, b))
 
 
 def test_adam_with_tensor_betas_takes_the_general_path() -> None:
