@@ -605,9 +605,6 @@ class Controller(CommandFlow, RequestHandlers):
                 self.stats.batches += 1
                 self.stats.points += len(batch.steps)
                 seqs[batch.run_id] = batch.seq
-                session = self._sessions.get(batch.run_id)
-                if session is not None:
-                    session.streamed = True
                 detection.observe(batch.run_id, batch, frames)
             elif result == "duplicate":
                 self.stats.duplicates += 1
@@ -618,6 +615,7 @@ class Controller(CommandFlow, RequestHandlers):
             session = self._sessions.get(run_id)
             if session is not None:
                 session.needs_resend = False
+                session.streamed = session.streamed or run_id in seqs
             self._send(identity, BatchAck(run_id=run_id, seq=seq, resend=gap))
 
     def _resend(self, batches: list[Metrics]) -> None:

@@ -255,18 +255,22 @@ class Store:
             if commit:
                 self._conn.commit()
         except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.rollback()
             if self._open:
-                self._open = False
                 self._rolled_back = f"{type(exc).__name__}: {exc}"
-            # Series ids created inside a rolled-back transaction no longer exist: forget
-            # them, or their points would later be stored under another series' id.
-            self._series.clear()
+            self._roll_back()
             if isinstance(exc, sqlite3.OperationalError):
                 raise StoreError(f"cannot write to {self.path}: {exc}") from None
             raise
         self._open = not commit
+
+    def _roll_back(self) -> None:
+        """Undo the open transaction, if any."""
+        self._open = False
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.rollback()
+        # Series ids created inside a rolled-back transaction no longer exist: forget
+        # them, or their points would later be stored under another series' id.
+        self._series.clear()
 
     def commit(self) -> None:
         """Commit what ``write_batches(..., commit=False)`` left open (nothing if none).
@@ -277,10 +281,7 @@ class Store:
         lost, self._rolled_back = self._rolled_back, ""
         if lost:
             if self._open:  # written since the loss: the caller counts it lost with the rest
-                self._open = False
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.rollback()
-                self._series.clear()
+                self._roll_back()
             raise StoreError(f"cannot write to {self.path}: rolled back ({lost})")
         if self._open:
             self._open = False  # a failure below is raised now, not kept for the next call
