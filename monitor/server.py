@@ -573,7 +573,9 @@ class Controller(CommandFlow, RequestHandlers):
         except (StoreError, UnknownRun) as exc:
             self._reject("store error", str(exc))
             self._resend([b for _, b, _ in accepted])
-            self._settle()  # the failed write rolled back the open transaction: say so
+            # The failed write rolled back the open transaction: its batches are lost with
+            # these, by the same failure, counted once.
+            self._settle(counted=True)
             return
         if not self._uncommitted:
             self._txn_started = time.monotonic()
@@ -581,9 +583,10 @@ class Controller(CommandFlow, RequestHandlers):
             self._uncommitted.append((identity, batch, frames, result))
             self._uncommitted_points += len(batch.steps)
 
-    def _settle(self) -> None:
+    def _settle(self, counted: bool = False) -> None:
         """Commit the open transaction, then acknowledge its batches and hand them to
-        detection; if the commit fails, none of them is stored and their clients resend."""
+        detection; if the commit fails, none of them is stored and their clients resend
+        (``counted``: the failure that lost them is already counted)."""
         if not self._uncommitted:
             return
         assert self.store is not None
@@ -591,7 +594,8 @@ class Controller(CommandFlow, RequestHandlers):
         try:
             self.store.commit()
         except StoreError as exc:
-            self._reject("store error", str(exc))
+            if not counted:
+                self._reject("store error", str(exc))
             self._resend([batch for _, batch, _, _ in done])
             return
         acks: dict[str, tuple[bytes, bool]] = {}

@@ -3,6 +3,7 @@ queued, and nothing is acknowledged or detected before it is committed."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,32 @@ def test_a_full_transaction_commits_with_more_queued(
     assert commits == []
     c._commit_next()  # 4,000 points written: due, though 4,000 more are queued
     assert len(commits) == 1 and c.stats.points == 4000
+
+
+def test_a_failed_write_loses_the_open_transaction_and_counts_once(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = controller
+    assert c.store is not None
+    store = c.store
+    queue(c, range(1, 11))
+    c._commit_next()  # 2,000 points written, not committed
+
+    def failing_write(batches: object, now: object = None, *, commit: bool = True) -> None:
+        with store._transaction(commit):  # the real rollback path, as on a full disk
+            raise sqlite3.OperationalError("database or disk is full")
+
+    write = store.write_batches
+    monkeypatch.setattr(store, "write_batches", failing_write)
+    c._commit_next()
+    assert c.stats.rejected["store error"] == 1  # one failure, though two writes are lost
+    assert c.stats.points == 0 and not c._uncommitted
+    assert all(s.needs_resend for s in c._sessions.values())  # every run resends
+    monkeypatch.setattr(store, "write_batches", write)
+    while c._pending:
+        c._commit_next()  # the store works again: no stale error from the lost transaction
+    assert c.stats.rejected["store error"] == 1
+    assert c.stats.points == 4000  # the batches written after the failure are stored
 
 
 def test_any_other_message_is_handled_after_a_commit(
