@@ -124,7 +124,8 @@ class Monitor:
             model or an optimizer is given; ``StatsConfig.off()`` for none). Unless it sets
             ``cos_every``, ``cos_grad_update`` is computed every optimizer step under
             ``control="auto"`` (the controller needs it promptly) and every
-            ``grad_norm_every`` steps otherwise.
+            ``grad_norm_every`` steps otherwise; on a tiny model, where that costs a large
+            share of the step, ``StatsConfig(cos_every="budget")`` thins it out.
         scaler: the ``torch.amp.GradScaler`` of an AMP run, for ``amp_scale`` and
             ``amp_skipped``.
         system_every: seconds between samples of process (and, with NVML, GPU) memory and

@@ -24,7 +24,8 @@ name                              value                                         
 
 "global" series are computed every ``grad_norm_every`` steps, "layers" series every
 ``layers_every`` steps (a step is due when ``step % every == 0``), the cosine every
-``cos_every`` optimizer steps (see :mod:`lrpilot.client.cosine` for its definition, sources
+``cos_every`` optimizer steps, or as often as a share of the step's time allows (see
+:mod:`lrpilot.client.cadence`; :mod:`lrpilot.client.cosine` gives its definition, sources
 and cost). A module's series cover the parameters it owns directly (``fc1`` ->
 ``fc1.weight`` and ``fc1.bias``); a parameter held by the root module is named by itself;
 without a model, parameters are grouped by param group (``group0``...).
@@ -32,12 +33,14 @@ without a model, parameters are grouped by param group (``group0``...).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from .cadence import CosineCadence
 from .cosine import UpdateCosine, cosines
 from .errors import MonitorConfigError
 
@@ -75,7 +78,9 @@ class StatsConfig:
     The cosine has its own cadence because automatic LR control needs it often (its
     detector tests 30 points after each LR change): ``Monitor(control="auto")`` computes it
     every optimizer step unless ``cos_every`` says otherwise, and reads one chunk of each
-    large tensor per step (``cos_sample``) to keep that cheap.
+    large tensor per step (``cos_sample``) to keep that cheap. On a tiny model, where even
+    that is a large share of the step, ``cos_every="budget"`` computes it as often as
+    ``cos_budget`` of the loop's time allows.
 
     Args:
         grad_norm: report the global gradient norm ``grad_norm``.
@@ -96,9 +101,15 @@ class StatsConfig:
             variants use ``exp_avg`` (an approximation); any other optimizer (plain SGD,
             Adagrad...) measures the weights' change around the step before, in a copy of
             the sampled part of the parameters (1/``cos_sample`` of a large model).
-        cos_every: compute the cosine every this many optimizer steps. None (default): 1
-            under ``Monitor(control="auto")``, else ``grad_norm_every``; a bare
-            ``StatsCollector`` takes ``grad_norm_every``.
+        cos_every: compute the cosine every this many optimizer steps, or ``"budget"``:
+            every 1, 2 or 4 steps, the most often that keeps its host time within
+            ``cos_budget`` of the rest of the step (measured with the host clock, so on a
+            GPU it counts kernel launches, never waits for them; decided again every 64
+            steps; the controller's cosine tests then wait up to 4 times as many steps).
+            None (default): 1 under ``Monitor(control="auto")``, else ``grad_norm_every``;
+            a bare ``StatsCollector`` takes ``grad_norm_every``.
+        cos_budget: the share of the step the ``"budget"`` cadence may spend on the
+            cosine (default 0.03).
         cos_sample: of each tensor large enough (at least ``8 * cos_sample`` blocks of 1024
             elements), read one of ``cos_sample`` equal contiguous chunks, a different one
             each step, weighted ``cos_sample`` (1: read everything; the value is then exact).
@@ -108,6 +119,7 @@ class StatsConfig:
     Example:
         >>> StatsConfig(grad_norm_every=1)            # every-step global norm
         >>> StatsConfig(cos_every=4, cos_sample=1)    # exact cosine every 4th step
+        >>> StatsConfig(cos_every="budget")           # within 3 % of the step (tiny models)
         >>> StatsConfig(layers=False, param_norms=False)  # global series only
     """
 
@@ -119,19 +131,30 @@ class StatsConfig:
     update_ratio: bool = False
     nonfinite: bool = True
     cos_grad_update: bool = True
-    cos_every: int | None = None
+    cos_every: int | Literal["budget"] | None = None
+    cos_budget: float = 0.03
     cos_sample: int = 8
     amp: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "cos_every" and value is None:
+            if f.name == "cos_every" and value in (None, "budget"):
+                continue
+            if f.name == "cos_budget":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    value = None
+                if value is None or not 0 < value < 1:
+                    raise MonitorConfigError(
+                        f"StatsConfig.cos_budget must be a share of the step in (0, 1), "
+                        f"got {getattr(self, f.name)!r}"
+                    )
                 continue
             if f.name.endswith(("_every", "_sample")):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    alt = ' or "budget"' if f.name == "cos_every" else ""
                     raise MonitorConfigError(
-                        f"StatsConfig.{f.name} must be an int >= 1, got {value!r}"
+                        f"StatsConfig.{f.name} must be an int >= 1{alt}, got {value!r}"
                     )
             elif not isinstance(value, bool):
                 raise MonitorConfigError(
@@ -257,7 +280,9 @@ class StatsCollector:
         self._opt_pos: list[int] = []  # positions in self._params of the optimized params
         self._update_layout: _Layout | None = None
         self._cos: UpdateCosine | None = None
-        self._cos_every = config.cos_every or config.grad_norm_every
+        every = config.cos_every or config.grad_norm_every
+        self._cadence = CosineCadence(config.cos_budget) if every == "budget" else None
+        self._cos_every = every if isinstance(every, int) else 1
         self._snap: list[torch.Tensor] | None = None
         self._snap_state = ""  # "" | "pre" (holds w before this step) | "delta" (w_prev - w)
         self._hooked = False  # the optimizer stepped since the last after_step
@@ -283,6 +308,11 @@ class StatsCollector:
         """Where the cosine's previous update comes from: "momentum_buffer", "adam",
         "exp_avg" or "copy" (see :mod:`lrpilot.client.cosine`); "off" without one."""
         return self._cos.source if self._cos is not None else "off"
+
+    @property
+    def cos_every(self) -> int:
+        """The cosine's cadence in optimizer steps now (it moves under ``"budget"``)."""
+        return self._cadence.every if self._cadence is not None else self._cos_every
 
     @property
     def memory_bytes(self) -> int:
@@ -415,8 +445,14 @@ class StatsCollector:
         n = self._opt_steps
         self._opt_steps += 1
         if self._cos is not None:
-            every = self._cos_every
-            cos = self._cos.before_step(n % every == 0, (n + 1) % every == 0)
+            cadence = self._cadence
+            if cadence is None:
+                every = self._cos_every
+                cos = self._cos.before_step(n % every == 0, (n + 1) % every == 0)
+            else:
+                start = time.perf_counter()
+                cos = self._cos.before_step(cadence.tick(n, start), cadence.due_next(n))
+                cadence.spent(time.perf_counter() - start)
             if cos is not None:
                 self._pending_cos = cos
         if self._update_layout is None or not self._opt_pos:

@@ -193,6 +193,8 @@ def test_auto_control_gets_one_cosine_per_step(control: str, cos_steps: list[int
     mon.close()
     got = [s for s, n, v in t.points() if n == "cos_grad_update"]
     assert got == cos_steps
+    assert mon._stats is not None
+    assert mon._stats.config.cos_every == (1 if control == "auto" else 20)
     assert all(-1 <= v <= 1 for _, n, v in t.points() if n == "cos_grad_update")
     explicit = Monitor(run="x", optimizer=opt, model=model, control="auto",
                        transport=MemoryTransport(), stats=StatsConfig(cos_every=5))  # fmt: skip

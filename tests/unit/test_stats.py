@@ -326,8 +326,15 @@ def test_bad_config_and_arguments_raise_with_the_value() -> None:
         StatsConfig(grad_norm_every=0)
     with pytest.raises(MonitorConfigError, match=r"layers_every.*got 2\.5"):
         StatsConfig(layers_every=2.5)  # type: ignore[arg-type]
-    with pytest.raises(MonitorConfigError, match=r"cos_every must be an int >= 1, got 0"):
+    with pytest.raises(
+        MonitorConfigError, match=r'cos_every must be an int >= 1 or "budget", got 0'
+    ):
         StatsConfig(cos_every=0)
+    with pytest.raises(MonitorConfigError, match=r"cos_every.*got 'fast'"):
+        StatsConfig(cos_every="fast")  # type: ignore[arg-type]
+    for bad in (0, 1.5, True, "0.1"):
+        with pytest.raises(MonitorConfigError, match=r"cos_budget must be a share of the step"):
+            StatsConfig(cos_budget=bad)  # type: ignore[arg-type]
     with pytest.raises(MonitorConfigError, match=r"cos_sample must be an int >= 1, got None"):
         StatsConfig(cos_sample=None)  # type: ignore[arg-type]
     with pytest.raises(MonitorConfigError, match=r"layers must be True or False, got 'yes'"):
@@ -607,6 +614,37 @@ def test_cos_every_counts_optimizer_steps() -> None:
     # Optimizer steps 0..7 end at training steps 1, 3, ..., 15; due: 3 and 6 (0 has none).
     assert sorted(got) == [7, 13]
     assert_same({s: expected[s] for s in got}, got)
+
+
+class TickingClock:
+    """A host clock that moves one second per reading: the cosine then always costs as
+    much as the rest of the step, far over its budget."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "sgd-momentum-wd-dampening", "adam"])
+def test_the_budget_cadence_thins_out_a_costly_cosine_and_keeps_it_exact(
+    opt_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step for the first 64 optimizer steps, then every 4th (the cap); each value
+    still the reference cosine, including plain SGD's, which copies the weights the step
+    before a due one."""
+    monkeypatch.setattr(stats_module.time, "perf_counter", TickingClock().perf_counter)
+    torch.manual_seed(0)
+    model = LateNet()
+    opt = make_optimizer(opt_name, model)
+    stats = StatsCollector(model, opt, replace(COS_ONLY, cos_every="budget"))
+    expected, got = run_with_reference(model, opt, stats, 120)
+    assert stats.cos_every == 4
+    assert sorted(got) == [*range(1, 64), *range(64, 120, 4)]
+    assert_same({s: expected[s] for s in got}, got)
+    stats.close()
 
 
 ONE_GROUP = {

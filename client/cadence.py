@@ -1,0 +1,88 @@
+"""How often the client computes the gradient-update cosine: every step when the loop can
+afford it, less often when it cannot, within a share of the loop's time.
+
+Automatic LR control wants one cosine per optimizer step, and on a large model that costs a
+few percent of the step. On a tiny one (a 0.5 ms CPU step) the same ~15 small kernel launches
+cost 15-40 % of it. :class:`CosineCadence` measures both on the host (the launches' time, no
+device sync) and picks the cadence so that the cosine stays within its budget
+(``StatsConfig(cos_every="budget")``; not the default under ``control="auto"``: a sparser
+cosine delays the controller's first "steps too small" raise past its early dead-net test,
+which bench/autocontrol.py saw cut a healthy slow start).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+__all__ = ["CosineCadence"]
+
+
+class CosineCadence:
+    """Chooses ``every`` (a power of two, at most ``max_every``) such that the cosine's host
+    time per optimizer step, ``cost / every``, is at most ``budget`` of the rest of the step.
+    The cap is 4 by default: the controller tests 30 cosines after an LR change, and at one
+    per 8 or 16 steps that test waits hundreds of steps (bench/autocontrol.py measured the
+    climb from the lowest starting LRs slowing down at every 8th step).
+
+    ``tick(n, now)`` is called at each optimizer step ``n`` (0, 1, 2...) and says whether its
+    cosine is due; ``spent(seconds)`` reports what a due one took. Every ``window`` steps the
+    cadence is decided again from the medians of that window (an evaluation pause or a slow
+    first call moves a median little). A change takes effect only at a step that both the old
+    and the new cadence compute, so the steps due stay exactly those with ``n % every == 0``
+    since the change, and the step before a due one is always known to precede it.
+    """
+
+    def __init__(self, budget: float, max_every: int = 4, window: int = 64) -> None:
+        if not 0 < budget < 1:
+            raise ValueError(f"budget must be a share of the step in (0, 1), got {budget!r}")
+        if max_every < 1 or max_every & (max_every - 1):
+            raise ValueError(f"max_every must be a power of two, got {max_every!r}")
+        if window < max_every or window % max_every:
+            raise ValueError(f"window must be a multiple of max_every, got {window!r}")
+        self.budget = budget
+        self.max_every = max_every
+        self.window = window
+        self.every = 1
+        self._costs: list[float] = []
+        self._rests: list[float] = []  # step durations less their cosine's time
+        self._last: float | None = None
+        self._spent = 0.0  # the cosine's time in the current step
+        self._due = False  # the current step computes the cosine
+        self._carry = 0.0  # time spent for the next due one (the "copy" source's snapshot)
+        self._next = 0  # the step at which the cadence may change next
+
+    def tick(self, n: int, now: float) -> bool:
+        """Step ``n`` begins at host time ``now`` (seconds): is its cosine due?"""
+        if self._last is not None:
+            self._rests.append(now - self._last - self._spent)
+        self._last, self._spent = now, 0.0
+        if n >= self._next and n % self.max_every == 0:
+            if len(self._rests) >= self.window // 2 and self._costs:
+                self.every = self._choose()
+                self._costs.clear()
+                self._rests.clear()
+            self._next = n + self.window
+        self._due = n % self.every == 0
+        return self._due
+
+    def due_next(self, n: int) -> bool:
+        """Is step ``n + 1`` due? (a cadence change happens only where both agree)."""
+        return (n + 1) % self.every == 0
+
+    def spent(self, seconds: float) -> None:
+        """The cosine took ``seconds`` of host time in this step (also in a step that only
+        prepares the next one's)."""
+        self._spent += seconds
+        if self._due:
+            self._costs.append(seconds + self._carry)
+            self._carry = 0.0
+        else:
+            self._carry += seconds
+
+    def _choose(self) -> int:
+        cost = statistics.median(self._costs)
+        rest = max(statistics.median(self._rests), 1e-9)
+        every = 1
+        while every < self.max_every and cost / every > self.budget * rest:
+            every *= 2
+        return every
