@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lrpilot.client import Monitor
+from lrpilot.client import Monitor, StatsConfig
 from lrpilot.monitor.server import Controller
 
 METHODS = ("fixed", "plateau", "cosine", "auto", "auto_cosine")
@@ -338,8 +338,9 @@ def _no_stats() -> dict[str, Any]:
 
 
 def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], steps: int,
-              endpoint: str) -> dict[str, Any]:  # fmt: skip
-    """Train every (method, start LR, seed) of one (task, optimizer) at once."""
+              endpoint: str, cos_every: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Train every (method, start LR, seed) of one (task, optimizer) at once; the cosine is
+    sent every ``cos_every`` steps, as the client's ``StatsConfig(cos_every=...)`` does."""
     seeds = task.seeds
     combos = [(meth, lr, s) for meth in methods for lr in lrs for s in range(seeds)]
     n = len(combos)
@@ -400,7 +401,7 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
         train_time += t1 - t0
         losses, coses = host
         for m, mon in mon_items:
-            if step:
+            if step and step % cos_every == 0:
                 mon.step(loss=losses[m], **{COS_SERIES: coses[m]})
             else:
                 mon.step(loss=losses[m])
@@ -467,8 +468,8 @@ def evaluate(model: BatchedMLP, task: Task, x: torch.Tensor, y: torch.Tensor,
 # ------------------------------------------------------------------------------ overhead
 
 
-def unbatched_overhead(task: Task, opt: str, endpoint: str, steps: int = 300,
-                       blocks: int = 10) -> dict[str, float]:  # fmt: skip
+def unbatched_overhead(task: Task, opt: str, endpoint: str, steps: int = 300, blocks: int = 10,
+                       cos_every: int | str = "default") -> dict[str, float]:  # fmt: skip
     """What the client costs a real training loop: one ordinary torch model and optimizer,
     plain beside lrpilot as a user runs it (``Monitor(control="auto", model=net,
     rewind=True)``: the client's own gradient statistics and per-step cosine in the
@@ -490,8 +491,11 @@ def unbatched_overhead(task: Task, opt: str, endpoint: str, steps: int = 300,
                 else torch.optim.Adam(net.parameters(), lr=1e-4))  # fmt: skip
 
     plain, watched = make(), make()
+    extra = {}
+    if cos_every != "default":  # else the client's default under "auto"
+        extra["stats"] = StatsConfig(cos_every=cos_every)
     mon = Monitor(run=f"overhead-{task.name}-{opt}", optimizer=watched, model=net,
-                  endpoint=endpoint, control="auto", rewind=True)  # fmt: skip
+                  endpoint=endpoint, control="auto", rewind=True, **extra)  # fmt: skip
     per_block = max(1, steps // blocks)
     times: dict[str, list[float]] = {"plain": [], "lrpilot": []}
     in_opt = {"plain": 0.0, "lrpilot": 0.0}
@@ -529,6 +533,8 @@ def unbatched_overhead(task: Task, opt: str, endpoint: str, steps: int = 300,
         "monitor_step_us": in_monitor / n * 1e6,
         "overhead_monitor": in_monitor / n * 1e6 / plain_us,
         "blocks": blocks, "steps_per_block": per_block,
+        # the cadence the client ended on (it moves under "budget")
+        "cos_every": getattr(getattr(mon, "_stats", None), "cos_every", cos_every),
     }  # fmt: skip
 
 
@@ -634,9 +640,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--starts", default="", help="indices 0-10 of the starting LRs to run "
                     "(dev loop; spans over a subset are not the benchmark's)")  # fmt: skip
     ap.add_argument("--overhead-steps", type=int, default=2000)
+    ap.add_argument("--cos-every", default="default",
+                    help="the cosine's cadence: the client's default under auto (every "
+                         "step), \"budget\" (the A/B loop's client picks it, the batched "
+                         "runs then send theirs at the cadence it picked) or every N "
+                         "steps")  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "autocontrol.json"))
     ap.add_argument("--rescore", metavar="JSON", help="print the tables of a saved run again")
     args = ap.parse_args(argv)
+    cos_every: int | str = args.cos_every
+    if cos_every not in ("default", "budget"):
+        if not str(cos_every).isdigit() or int(cos_every) < 1:
+            ap.error(f'--cos-every must be "default", "budget" or an int >= 1, got {cos_every!r}')
+        cos_every = int(cos_every)
     if args.rescore:
         return rescore(Path(args.rescore))
     methods = tuple(m for m in METHODS if m in args.methods.split(","))
@@ -659,9 +675,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.starts:
                     lrs = [lrs[int(i)] for i in args.starts.split(",")]
                 t0 = time.perf_counter()
-                group = run_group(task, opt, methods, lrs, args.steps, ctl.endpoint)
+                # The real client in an ordinary loop first: its cadence (it moves under
+                # "budget") is the one the batched runs then use.
+                ov = unbatched_overhead(task, opt, serve.endpoint, args.overhead_steps,
+                                        cos_every=cos_every)  # fmt: skip
+                group = run_group(task, opt, methods, lrs, args.steps, ctl.endpoint,
+                                  int(ov["cos_every"]))  # fmt: skip
                 scored = score(group, task.classify, lrs, methods, dead_level, args.steps)
-                ov = unbatched_overhead(task, opt, serve.endpoint, args.overhead_steps)
                 mon_us = group["monitor_s"] / max(group["monitor_calls"], 1) * 1e6
                 scored["timing"] = {
                     "group_wall_s": time.perf_counter() - t0, "train_s": group["train_s"],
@@ -724,7 +744,8 @@ def print_cell(task: str, opt: str, scored: dict[str, Any], lrs: list[float]) ->
           f"{t['unbatched']['plain_us']:.0f} us; real client on it: hooks "
           f"{t['unbatched']['hooks_us']:.0f} us + Monitor.step "
           f"{t['unbatched']['monitor_step_us']:.0f} us, A/B overhead "
-          f"{t['unbatched']['overhead']:+.1%}")  # fmt: skip
+          f"{t['unbatched']['overhead']:+.1%}; cosine every "
+          f"{t['unbatched'].get('cos_every', 1)} steps")  # fmt: skip
 
 
 def print_summary(results: dict[str, Any]) -> None:
