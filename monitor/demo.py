@@ -146,7 +146,7 @@ def run_demo(
                 ahead = started + (step + 1) * pace - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
-            progress.update(task, completed=mon.steps)
+            progress.update(task, completed=mon.steps, lr=mon.lrs[0])  # the final LR
         with torch.no_grad():
             test_acc = (model(xte).argmax(1) == yte).float().mean().item()
         console.print(

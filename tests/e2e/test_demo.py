@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,10 @@ def test_demo_runs_to_the_end(tmp_path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "done:" in r.stdout and "held-out accuracy" in r.stdout
     assert "dashboard: http://127.0.0.1:" in r.stdout
+    # The progress bar's last line shows the LR the run ended with (the final decay included).
+    shown = re.findall(r"loss \S+  lr (\S+)", r.stdout)
+    final = re.search(r"final lr (\S+),", r.stdout)
+    assert shown and final and shown[-1] == final.group(1), r.stdout
     runs = lrpilot("runs", "--db", str(db), "--json")
     assert '"name": "demo-digits"' in runs.stdout and '"finished"' in runs.stdout
 
