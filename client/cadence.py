@@ -30,19 +30,28 @@ class CosineCadence:
     first call moves a median little). A change takes effect only at a step that both the old
     and the new cadence compute, so the steps due stay exactly those with ``n % every == 0``
     since the change, and the step before a due one is always known to precede it.
+
+    The controller's cosine tests start afresh after each LR change it makes, and the
+    first 30 points decide whether the change went too far or not far enough:
+    :meth:`lr_changed` computes the cosine every step for the next ``hold`` steps (the run's
+    first steps are dense too, until the first decision at step ``window``).
     """
 
-    def __init__(self, budget: float, max_every: int = 4, window: int = 64) -> None:
+    def __init__(self, budget: float, max_every: int = 4, window: int = 64, hold: int = 32) -> None:
         if not 0 < budget < 1:
             raise ValueError(f"budget must be a share of the step in (0, 1), got {budget!r}")
         if max_every < 1 or max_every & (max_every - 1):
             raise ValueError(f"max_every must be a power of two, got {max_every!r}")
         if window < max_every or window % max_every:
             raise ValueError(f"window must be a multiple of max_every, got {window!r}")
+        if hold < 0:
+            raise ValueError(f"hold must be >= 0 steps, got {hold!r}")
         self.budget = budget
         self.max_every = max_every
         self.window = window
-        self.every = 1
+        self.hold = hold
+        self.every = 1  # the cadence the budget allows (outside a dense hold)
+        self.cost = self.rest = float("nan")  # the medians of the last decision (seconds)
         self._costs: list[float] = []
         self._rests: list[float] = []  # step durations less their cosine's time
         self._last: float | None = None
@@ -50,6 +59,8 @@ class CosineCadence:
         self._due = False  # the current step computes the cosine
         self._carry = 0.0  # time spent for the next due one (the "copy" source's snapshot)
         self._next = 0  # the step at which the cadence may change next
+        self._dense = range(0)  # steps computed whatever ``every`` says (after an LR change)
+        self._lr_changed = False
 
     def tick(self, n: int, now: float) -> bool:
         """Step ``n`` begins at host time ``now`` (seconds): is its cosine due?"""
@@ -62,12 +73,21 @@ class CosineCadence:
                 self._costs.clear()
                 self._rests.clear()
             self._next = n + self.window
-        self._due = n % self.every == 0
+        if self._lr_changed:
+            # From the next step on: this one's predecessor was not told to prepare it.
+            self._lr_changed = False
+            self._dense = range(n + 1, n + 1 + self.hold)
+        self._due = self._is_due(n)
         return self._due
 
     def due_next(self, n: int) -> bool:
-        """Is step ``n + 1`` due? (a cadence change happens only where both agree)."""
-        return (n + 1) % self.every == 0
+        """Is step ``n + 1`` due? (a cadence change happens only where both agree, and a hold
+        starts a step after the tick that saw the LR change)."""
+        return self._is_due(n + 1)
+
+    def lr_changed(self) -> None:
+        """The controller changed the LR before the coming step: dense for ``hold`` steps."""
+        self._lr_changed = self.hold > 0
 
     def spent(self, seconds: float) -> None:
         """The cosine took ``seconds`` of host time in this step (also in a step that only
@@ -79,9 +99,12 @@ class CosineCadence:
         else:
             self._carry += seconds
 
+    def _is_due(self, n: int) -> bool:
+        return n % self.every == 0 or n in self._dense
+
     def _choose(self) -> int:
-        cost = statistics.median(self._costs)
-        rest = max(statistics.median(self._rests), 1e-9)
+        self.cost = cost = statistics.median(self._costs)
+        self.rest = rest = max(statistics.median(self._rests), 1e-9)
         every = 1
         while every < self.max_every and cost / every > self.budget * rest:
             every *= 2

@@ -377,6 +377,8 @@ class Monitor:
                 lrs_before=before, lrs_after=after, rewind_step=rewind_step,
             )  # fmt: skip
             self.changes.append(change)
+            if self._stats is not None:
+                self._stats.lr_changed()
             if self.on_lr_change is not None:
                 self.on_lr_change(change)
 

@@ -105,7 +105,8 @@ class StatsConfig:
             every 1, 2 or 4 steps, the most often that keeps its host time within
             ``cos_budget`` of the rest of the step (measured with the host clock, so on a
             GPU it counts kernel launches, never waits for them; decided again every 64
-            steps; the controller's cosine tests then wait up to 4 times as many steps).
+            steps), and every step for 32 steps after each LR change the controller makes
+            (its cosine tests start afresh then; elsewhere they wait up to 4x as long).
             None (default): 1 under ``Monitor(control="auto")``, else ``grad_norm_every``;
             a bare ``StatsCollector`` takes ``grad_norm_every``.
         cos_budget: the share of the step the ``"budget"`` cadence may spend on the
@@ -319,6 +320,12 @@ class StatsCollector:
         """Device memory this collector holds between steps (parameter copies, if any)."""
         own = sum(t.numel() * t.element_size() for t in self._snap) if self._snap else 0
         return own + (self._cos.memory_bytes if self._cos is not None else 0)
+
+    def lr_changed(self) -> None:
+        """The controller changed the LR: under ``cos_every="budget"`` the cosine is computed
+        every step for a while (the controller's tests start afresh after a change)."""
+        if self._cadence is not None:
+            self._cadence.lr_changed()
 
     def after_step(self, step: int) -> None:
         """Queue this step's statistics; call right after ``optimizer.step()``.

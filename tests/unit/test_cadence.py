@@ -60,6 +60,25 @@ def test_due_steps_follow_the_cadence_and_change_only_where_both_agree() -> None
     assert first_dense % 16 == 0
 
 
+def test_after_an_lr_change_the_cosine_is_dense_for_hold_steps() -> None:
+    cadence = CosineCadence(budget=0.03, max_every=4, window=64, hold=32)
+    _, t = simulate(cadence, 200, rest=1e-3, cost=3e-3)  # settles at 4
+    assert cadence.every == 4
+    cadence.lr_changed()  # between optimizer steps 199 and 200
+    due, _ = simulate(cadence, 100, rest=1e-3, cost=3e-3, start=200, t=t)
+    # 200 was not prepared by 199 (due_next said no): the hold starts at 201.
+    assert due == [200, *range(201, 233), *range(236, 300, 4)]
+    assert cadence.every == 4  # the budget's own choice is unchanged
+
+
+def test_no_hold_keeps_the_cadence_through_lr_changes() -> None:
+    cadence = CosineCadence(budget=0.03, max_every=4, window=64, hold=0)
+    _, t = simulate(cadence, 200, rest=1e-3, cost=3e-3)
+    cadence.lr_changed()
+    due, _ = simulate(cadence, 100, rest=1e-3, cost=3e-3, start=200, t=t)
+    assert due == list(range(200, 300, 4))
+
+
 def test_a_pause_between_steps_does_not_move_the_cadence() -> None:
     cadence = CosineCadence(budget=0.03, max_every=16, window=64)
     t = 0.0
@@ -78,3 +97,5 @@ def test_bad_settings_are_refused() -> None:
         CosineCadence(budget=0.03, max_every=12)
     with pytest.raises(ValueError, match="window"):
         CosineCadence(budget=0.03, max_every=16, window=40)
+    with pytest.raises(ValueError, match="hold"):
+        CosineCadence(budget=0.03, hold=-1)

@@ -132,6 +132,22 @@ def test_commands_apply_between_steps_and_ack_the_first_step_using_them() -> Non
     assert lr == {0: 0.1, 6: 0.02}
 
 
+def test_an_applied_command_tells_the_statistics_the_lr_changed() -> None:
+    """So that the "budget" cadence computes the cosine every step while the controller's
+    tests start afresh."""
+    mon, t, opt = make(stats=StatsConfig(cos_every="budget"))
+    told: list[int] = []
+    assert mon._stats is not None
+    mon._stats.lr_changed = lambda: told.append(mon.steps)  # type: ignore[method-assign]
+    mon.step(loss=1.0)
+    mon.step(loss=1.0)
+    assert told == []
+    t.commands.append(Command(run_id=mon.run_id, command_id=2, action="scale", value=0.5))
+    mon.step(loss=1.0)
+    assert told == [3] and opt.param_groups[0]["lr"] == 0.05
+    mon.close()
+
+
 def test_a_run_without_optimizer_refuses_commands() -> None:
     t = MemoryTransport()
     mon = Monitor(run="watch-only", transport=t)

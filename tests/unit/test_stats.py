@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -518,14 +518,17 @@ def run_with_reference(
     model: LateNet, opt: torch.optim.Optimizer, stats: StatsCollector, steps: int, *,
     scaler: torch.amp.GradScaler | None = None, inf_at: tuple[int, ...] = (),
     accumulate: int = 1, late_from: int | None = None, seed: int = 0,
+    before_step: Callable[[int], None] | None = None,
 ) -> tuple[dict[int, float], dict[int, float]]:  # fmt: skip
     """Train, computing the reference cosine by hand at every optimizer step; return
-    ({step: expected}, {step: reported})."""
+    ({step: expected}, {step: reported}). ``before_step(step)`` runs before each step."""
     torch.manual_seed(seed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     prev: dict[str, torch.Tensor] | None = None
     expected: dict[int, float] = {}
     for step in range(steps):
+        if before_step is not None:
+            before_step(step)
         model.use_late = late_from is not None and step >= late_from
         if step % accumulate == 0:
             opt.zero_grad()
@@ -632,17 +635,25 @@ class TickingClock:
 def test_the_budget_cadence_thins_out_a_costly_cosine_and_keeps_it_exact(
     opt_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every step for the first 64 optimizer steps, then every 4th (the cap); each value
-    still the reference cosine, including plain SGD's, which copies the weights the step
-    before a due one."""
+    """Every step for the first 64 optimizer steps, then every 4th (the cap), every step
+    again for 32 steps after an LR change; each value still the reference cosine, including
+    plain SGD's, which copies the weights the step before a due one."""
     monkeypatch.setattr(stats_module.time, "perf_counter", TickingClock().perf_counter)
     torch.manual_seed(0)
     model = LateNet()
     opt = make_optimizer(opt_name, model)
     stats = StatsCollector(model, opt, replace(COS_ONLY, cos_every="budget"))
-    expected, got = run_with_reference(model, opt, stats, 120)
+
+    def lr_change(step: int) -> None:  # as Monitor applies the controller's command
+        if step == 130:
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+            stats.lr_changed()
+
+    expected, got = run_with_reference(model, opt, stats, 200, before_step=lr_change)
     assert stats.cos_every == 4
-    assert sorted(got) == [*range(1, 64), *range(64, 120, 4)]
+    # Dense from the step after the change's (130 was not prepared), for 32 steps.
+    assert sorted(got) == [*range(1, 64), *range(64, 131, 4), *range(131, 163), *range(164, 200, 4)]
     assert_same({s: expected[s] for s in got}, got)
     stats.close()
 
