@@ -5,9 +5,8 @@ Automatic LR control wants one cosine per optimizer step, and on a large model t
 few percent of the step. On a tiny one (a 0.5 ms CPU step) the same ~15 small kernel launches
 cost 15-40 % of it. :class:`CosineCadence` measures both on the host (the launches' time, no
 device sync) and picks the cadence so that the cosine stays within its budget
-(``StatsConfig(cos_every="budget")``; not the default under ``control="auto"``: a sparser
-cosine delays the controller's first "steps too small" raise past its early dead-net test,
-which bench/autocontrol.py saw cut a healthy slow start).
+(``StatsConfig(cos_every="budget")``, the default under ``control="auto"``), except right
+after an LR change, when the controller needs it most.
 """
 
 from __future__ import annotations

@@ -122,10 +122,10 @@ class Monitor:
         stats: which gradient statistics to compute on the device (a
             :class:`~lrpilot.client.stats.StatsConfig`; default ``StatsConfig()``, used when a
             model or an optimizer is given; ``StatsConfig.off()`` for none). Unless it sets
-            ``cos_every``, ``cos_grad_update`` is computed every optimizer step under
-            ``control="auto"`` (the controller needs it promptly) and every
-            ``grad_norm_every`` steps otherwise; on a tiny model, where that costs a large
-            share of the step, ``StatsConfig(cos_every="budget")`` thins it out.
+            ``cos_every``, ``cos_grad_update`` is computed under ``control="auto"`` on the
+            ``"budget"`` cadence (every step while that costs at most ``cos_budget`` of the
+            step, and after each LR change: the controller needs it promptly; every 2nd or
+            4th on a small model) and every ``grad_norm_every`` steps otherwise.
         scaler: the ``torch.amp.GradScaler`` of an AMP run, for ``amp_scale`` and
             ``amp_skipped``.
         system_every: seconds between samples of process (and, with NVML, GPU) memory and
@@ -203,9 +203,10 @@ class Monitor:
         self.close_timeout = close_timeout
         self._lr = LrControl(optimizer, scheduler) if optimizer is not None else None
         stats = stats if stats is not None else StatsConfig()
-        # Automatic control tests 30 cosines after each LR change: give it one per step.
+        # Automatic control tests 30 cosines after each LR change: one per step where that
+        # is affordable, and right after a change.
         if isinstance(stats, StatsConfig) and stats.cos_every is None:
-            every = 1 if control == "auto" else stats.grad_norm_every
+            every = "budget" if control == "auto" else stats.grad_norm_every
             stats = dataclasses.replace(stats, cos_every=every)
         self._stats = (
             StatsCollector(model, optimizer, stats, scaler)

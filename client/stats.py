@@ -77,10 +77,10 @@ class StatsConfig:
 
     The cosine has its own cadence because automatic LR control needs it often (its
     detector tests 30 points after each LR change): ``Monitor(control="auto")`` computes it
-    every optimizer step unless ``cos_every`` says otherwise, and reads one chunk of each
-    large tensor per step (``cos_sample``) to keep that cheap. On a tiny model, where even
-    that is a large share of the step, ``cos_every="budget"`` computes it as often as
-    ``cos_budget`` of the loop's time allows.
+    as often as ``cos_budget`` of the loop's time allows (``cos_every="budget"``: every
+    step on a large model, every 2nd or 4th on a small CPU one, every step again after each
+    LR change) unless ``cos_every`` says otherwise, and reads one chunk of each large
+    tensor per step (``cos_sample``) to keep that cheap.
 
     Args:
         grad_norm: report the global gradient norm ``grad_norm``.
@@ -107,8 +107,8 @@ class StatsConfig:
             GPU it counts kernel launches, never waits for them; decided again every 64
             steps), and every step for 32 steps after each LR change the controller makes
             (its cosine tests start afresh then; elsewhere they wait up to 4x as long).
-            None (default): 1 under ``Monitor(control="auto")``, else ``grad_norm_every``;
-            a bare ``StatsCollector`` takes ``grad_norm_every``.
+            None (default): ``"budget"`` under ``Monitor(control="auto")``, else
+            ``grad_norm_every``; a bare ``StatsCollector`` takes ``grad_norm_every``.
         cos_budget: the share of the step the ``"budget"`` cadence may spend on the
             cosine (default 0.03).
         cos_sample: of each tensor large enough (at least ``8 * cos_sample`` blocks of 1024
@@ -120,7 +120,7 @@ class StatsConfig:
     Example:
         >>> StatsConfig(grad_norm_every=1)            # every-step global norm
         >>> StatsConfig(cos_every=4, cos_sample=1)    # exact cosine every 4th step
-        >>> StatsConfig(cos_every="budget")           # within 3 % of the step (tiny models)
+        >>> StatsConfig(cos_every=1)                  # every step, whatever it costs
         >>> StatsConfig(layers=False, param_norms=False)  # global series only
     """
 

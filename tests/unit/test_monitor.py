@@ -191,10 +191,13 @@ def test_system_samples_are_opt_in_and_sent_as_system_series() -> None:
 
 @pytest.mark.parametrize(("control", "cos_steps"), [("auto", list(range(1, 45))),
                                                     ("advise", [20, 40])])  # fmt: skip
-def test_auto_control_gets_one_cosine_per_step(control: str, cos_steps: list[int]) -> None:
+def test_auto_control_gets_the_cosine_on_its_budget_cadence(
+    control: str, cos_steps: list[int]
+) -> None:
     """The controller's alignment test needs the cosine promptly: under control="auto" the
-    default statistics send one point per optimizer step (none for the first step, which has
-    no previous update); the watch modes keep the sparse default cadence."""
+    default statistics take the "budget" cadence, which sends one point per optimizer step
+    until its first decision at step 64 (none for the first step, which has no previous
+    update); the watch modes keep the sparse default cadence."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -210,7 +213,7 @@ def test_auto_control_gets_one_cosine_per_step(control: str, cos_steps: list[int
     got = [s for s, n, v in t.points() if n == "cos_grad_update"]
     assert got == cos_steps
     assert mon._stats is not None
-    assert mon._stats.config.cos_every == (1 if control == "auto" else 20)
+    assert mon._stats.config.cos_every == ("budget" if control == "auto" else 20)
     assert all(-1 <= v <= 1 for _, n, v in t.points() if n == "cos_grad_update")
     explicit = Monitor(run="x", optimizer=opt, model=model, control="auto",
                        transport=MemoryTransport(), stats=StatsConfig(cos_every=5))  # fmt: skip
