@@ -17,7 +17,11 @@ per-model SGD-momentum / Adam that takes a per-model LR tensor. Models are indep
 NaN in one touches no other). Per model and step the loop computes, on the tensors' device,
 the loss and ``cos_grad_update``: the cosine between this step's gradient and the previous
 parameter update (SGD: the momentum buffer; Adam: m_hat / (sqrt(v_hat) + eps)), positive when
-successive steps agree (too small), negative when they overshoot.
+successive steps agree (too small), negative when they overshoot. It is sent on the cadence
+the real client would use: first the ordinary loop below runs the real client, whose
+``"budget"`` cadence measures the cosine's cost and the rest of the step; then each batched
+run follows its own :class:`~lrpilot.client.cadence.CosineCadence` on a clock with those
+costs (every step at first and after each LR change, every 4th on these models otherwise).
 
 Tasks: (1) scikit-learn digits, MLP 64-128-128-10 (ReLU), accuracy on a held-out split;
 (2) streaming ill-conditioned noisy regression: 32 features with scales spanning two decades
@@ -56,6 +60,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lrpilot.client import Monitor, StatsConfig
+from lrpilot.client.cadence import CosineCadence
 from lrpilot.monitor.server import Controller
 
 METHODS = ("fixed", "plateau", "cosine", "auto", "auto_cosine")
@@ -70,6 +75,7 @@ EVAL_EVERY = 100
 # cosine itself and sends it under this name. The controller's policy file points the
 # alignment detector at it; nothing else in the policy is changed.
 COS_SERIES = "batched_cos_grad_update"
+BUDGET_NOTE = " (budget: every step at first and after LR changes)"
 POLICY_TOML = f'[alignment]\nseries = "{COS_SERIES}"\n'
 
 
@@ -338,9 +344,13 @@ def _no_stats() -> dict[str, Any]:
 
 
 def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], steps: int,
-              endpoint: str, cos_every: int = 1) -> dict[str, Any]:  # fmt: skip
+              endpoint: str, cos_every: int = 1,
+              budget: tuple[float, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train every (method, start LR, seed) of one (task, optimizer) at once; the cosine is
-    sent every ``cos_every`` steps, as the client's ``StatsConfig(cos_every=...)`` does."""
+    sent every ``cos_every`` steps, as the client's ``StatsConfig(cos_every=...)`` does, or,
+    with ``budget`` = (the cosine's cost, the rest of the step) in seconds as the real client
+    measured them, when each run's own :class:`CosineCadence` on that clock says (as
+    ``cos_every="budget"`` does: dense at first and after each LR change, then thinner)."""
     seeds = task.seeds
     combos = [(meth, lr, s) for meth in methods for lr in lrs for s in range(seeds)]
     n = len(combos)
@@ -375,6 +385,9 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
             )  # fmt: skip
     mon_items = sorted(monitors.items())
     sched_items = sorted(scheds.items())
+    cadences = {m: CosineCadence(StatsConfig().cos_budget) for m in monitors} if budget else {}
+    clocks = dict.fromkeys(cadences, 0.0)
+    seen_changes = dict.fromkeys(cadences, 0)
     lr_t = torch.tensor(lr_now)
     x_val = task.x_val.expand(n, *task.x_val.shape)
     mon_time = 0.0
@@ -401,10 +414,21 @@ def run_group(task: Task, opt: str, methods: tuple[str, ...], lrs: list[float], 
         train_time += t1 - t0
         losses, coses = host
         for m, mon in mon_items:
-            if step and step % cos_every == 0:
+            cadence = cadences.get(m)
+            if cadence is not None and budget is not None:
+                due = cadence.tick(step, clocks[m])
+                clocks[m] += budget[1] + (budget[0] if due else 0.0)
+                if due:
+                    cadence.spent(budget[0])
+            else:
+                due = step % cos_every == 0
+            if step and due:
                 mon.step(loss=losses[m], **{COS_SERIES: coses[m]})
             else:
                 mon.step(loss=losses[m])
+            if cadence is not None and len(mon.changes) > seen_changes[m]:
+                seen_changes[m] = len(mon.changes)
+                cadence.lr_changed()
         t2 = time.perf_counter()
         mon_time += t2 - t1
         with warnings.catch_warnings():
@@ -523,6 +547,8 @@ def unbatched_overhead(task: Task, opt: str, endpoint: str, steps: int = 300, bl
                 in_opt[variant] += t_opt
                 in_monitor += t_mon
     mon.close()
+    stats = mon._stats
+    cadence = stats._cadence if stats is not None else None
     n = blocks * per_block
     ratios = [b / a for a, b in zip(times["plain"], times["lrpilot"], strict=True)]
     plain_us = statistics.median(times["plain"]) * 1e6
@@ -533,8 +559,10 @@ def unbatched_overhead(task: Task, opt: str, endpoint: str, steps: int = 300, bl
         "monitor_step_us": in_monitor / n * 1e6,
         "overhead_monitor": in_monitor / n * 1e6 / plain_us,
         "blocks": blocks, "steps_per_block": per_block,
-        # the cadence the client ended on (it moves under "budget")
-        "cos_every": getattr(getattr(mon, "_stats", None), "cos_every", cos_every),
+        # the cadence the client ended on (it moves under "budget") and what it measured
+        "cos_every": stats.cos_every if stats is not None else cos_every,
+        "cos_cost_s": cadence.cost if cadence and math.isfinite(cadence.cost) else None,
+        "cos_rest_s": cadence.rest if cadence and math.isfinite(cadence.rest) else None,
     }  # fmt: skip
 
 
@@ -641,10 +669,10 @@ def main(argv: list[str] | None = None) -> int:
                     "(dev loop; spans over a subset are not the benchmark's)")  # fmt: skip
     ap.add_argument("--overhead-steps", type=int, default=2000)
     ap.add_argument("--cos-every", default="default",
-                    help="the cosine's cadence: the client's default under auto (every "
-                         "step), \"budget\" (the A/B loop's client picks it, the batched "
-                         "runs then send theirs at the cadence it picked) or every N "
-                         "steps")  # fmt: skip
+                    help="the cosine's cadence: the client's default under auto "
+                         "(\"budget\": each batched run follows its own cadence on the "
+                         "costs the A/B loop's real client measured), \"budget\" or "
+                         "every N steps")  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "autocontrol.json"))
     ap.add_argument("--rescore", metavar="JSON", help="print the tables of a saved run again")
     args = ap.parse_args(argv)
@@ -679,8 +707,10 @@ def main(argv: list[str] | None = None) -> int:
                 # "budget") is the one the batched runs then use.
                 ov = unbatched_overhead(task, opt, serve.endpoint, args.overhead_steps,
                                         cos_every=cos_every)  # fmt: skip
+                measured = (ov["cos_cost_s"], ov["cos_rest_s"])
                 group = run_group(task, opt, methods, lrs, args.steps, ctl.endpoint,
-                                  int(ov["cos_every"]))  # fmt: skip
+                                  int(ov["cos_every"]),
+                                  measured if None not in measured else None)  # fmt: skip
                 scored = score(group, task.classify, lrs, methods, dead_level, args.steps)
                 mon_us = group["monitor_s"] / max(group["monitor_calls"], 1) * 1e6
                 scored["timing"] = {
@@ -745,7 +775,8 @@ def print_cell(task: str, opt: str, scored: dict[str, Any], lrs: list[float]) ->
           f"{t['unbatched']['hooks_us']:.0f} us + Monitor.step "
           f"{t['unbatched']['monitor_step_us']:.0f} us, A/B overhead "
           f"{t['unbatched']['overhead']:+.1%}; cosine every "
-          f"{t['unbatched'].get('cos_every', 1)} steps")  # fmt: skip
+          f"{t['unbatched'].get('cos_every', 1)} steps"
+          f"{BUDGET_NOTE if t['unbatched'].get('cos_cost_s') else ''}")  # fmt: skip
 
 
 def print_summary(results: dict[str, Any]) -> None:
