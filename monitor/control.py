@@ -277,6 +277,7 @@ class RunController:
         self._detectors = _build_detectors(policy)
         self._route()
         self._lr: float | None = None
+        self._too_small_lr: float | None = None  # the LR of the last "steps too small"
 
     # -- the interface the server uses
 
@@ -423,8 +424,7 @@ class RunController:
         out: list[Decision] = []
         for i, _rank, key, hit in events:
             if hit is not None:
-                veto = self._veto(hit) if _vetoable(hit) else None
-                out.append(veto or rules.decide(hit, self._lr))
+                out.append(self._judge(hit))
             elif key == lr_key:
                 value = values[i]
                 if math.isfinite(value) and value > 0:
@@ -484,8 +484,7 @@ class RunController:
                 if len(found) > 1:
                     found.sort(key=priority)
                 for hit in found:
-                    veto = self._veto(hit) if _vetoable(hit) else None
-                    out.append(veto or rules.decide(hit, self._lr))
+                    out.append(self._judge(hit))
         return out
 
     # -- inside
@@ -500,8 +499,30 @@ class RunController:
         align = self._detectors.get("alignment")
         self._read_across = {align.config.series} if align is not None else set()
 
+    def _judge(self, hit: Detection) -> Decision:
+        """The policy's decision on one detection, unless the cosine's evidence vetoes it."""
+        if hit.kind == "lr_too_small" and self._lr is not None:
+            self._too_small_lr = self._lr
+        veto = self._veto(hit) if _vetoable(hit) else None
+        return veto or self._rules.decide(hit, self._lr)
+
     def _veto(self, hit: Detection) -> Decision | None:
-        """A plateau (or stuck) while the steps are demonstrably too small: record, no cut."""
+        """A plateau (or stuck) while the steps are demonstrably too small: record, no cut.
+
+        A stuck loss is also no dead net while the LR is at most one increase above one at
+        which the cosine said the steps were too small: the alignment window starts afresh
+        after the raise and may not say so yet, but a far too high LR never looked too small.
+        """
+        slow = self._too_small_lr
+        lr = self._lr
+        raise_limit = self._policy.rules.increase_factor * (1 + 1e-9)
+        if (hit.data.get("cause") == "stuck" and slow is not None and lr is not None
+                and lr <= slow * raise_limit):  # fmt: skip
+            why = (
+                f"a slow start, not a dead net: the steps were too small at LR {slow:.3g} "
+                f"and the LR is {lr:.3g}"
+            )
+            return Decision(hit.step, hit.kind, hit.reason, None, why, dict(hit.data))
         align = self._detectors["alignment"]
         assert isinstance(align, AlignmentDetector)
         mean, n = align.window_mean()
@@ -517,6 +538,7 @@ class RunController:
     def _restart(self, step: int, series: str, last: int) -> Decision:
         for det in self._detectors.values():
             det.reset()
+        self._too_small_lr = None  # evidence about a run that is no more
         return Decision(
             step,
             "restart",

@@ -163,8 +163,9 @@ class PolicyConfig:
             than its very first point (the untrained net's) is a dead net, as a far too high
             LR leaves it, and gets a hard cut (kind ``divergence``, which rewinds), but only
             while the cosine has at least 20 points and does not say the steps are too small
-            (a slow start at a tiny LR is no better than its first point either); 0 turns
-            it off. The divergence detector's own stuck test waits ``stuck_after`` (1,000).
+            (a slow start at a tiny LR is no better than its first point either), nor said so
+            at an LR at most one ``increase_factor`` below the current one; 0 turns it off.
+            The divergence detector's own stuck test waits ``stuck_after`` (1,000).
         total_steps: the run's planned length (``Monitor(total_steps=...)`` sends it); 0 when
             unknown. With it, ``auto`` mode ends the run with a decay (kind ``decay``).
         decay_share: the final share of ``total_steps`` over which the LR decays linearly

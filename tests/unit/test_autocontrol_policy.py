@@ -238,6 +238,23 @@ def test_a_dead_net_is_cut_early_only_with_the_cosine_saying_not_slow(name, cos,
         assert first < 120, f"{name}: first cut at step {first}, expected within ~100 points"
 
 
+def test_a_slow_start_raised_once_is_not_cut_as_a_dead_net() -> None:
+    """The cosine says "too small" at the starting LR (a raise at ~30 points) and nothing much
+    at twice it, while the loss stays at its first point for 300 steps: a slow start, as
+    bench/autocontrol.py's regression SGD from 3e-3 is, not a net a far too high LR killed."""
+
+    def loss(s: int, lr: float) -> float:
+        return 1.0 if s < 300 else 0.5
+
+    policy = RunPolicy(rules=PolicyConfig(early_blowup=0.0, max_increases=1))
+    decisions, lr = replay(400, 1e-3, loss, too_small_below(2e-3), policy)
+    assert [(k, c) for _, k, c in decisions if c is not None] == [
+        ("lr_too_small", ("scale", 2.0))
+    ], decisions
+    vetoed = [s for s, k, c in decisions if k == "divergence"]
+    assert vetoed and lr == 2e-3, decisions  # the stuck test spoke, and was overruled
+
+
 def test_a_cut_is_not_credited_with_the_fall_of_a_run_still_learning() -> None:
     # The loss falls ~15% per 100 steps whatever the LR: a cut (the cosine reads overshoot for
     # a while) is followed by the same fall the run had anyway, which is no reason to cut
