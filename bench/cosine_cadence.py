@@ -2,7 +2,7 @@
 optimizer step (``StatsConfig(cos_every=1)``) beside the client on the ``"budget"`` cadence
 (the default under ``control="auto"``), in one run.
 
-Each round runs :func:`autocontrol.unbatched_overhead` (an ordinary torch loop without and
+Each round runs :func:`client_ab.unbatched_overhead` (an ordinary torch loop without and
 with ``Monitor(control="auto", model=net, rewind=True)``, paired blocks, a controller in its
 own process) once with the cosine every step and once with the default
 ``cos_every="budget"``, for the benchmark's four tiny CPU models (digits /
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from autocontrol import ServeProcess, digits_task, regression_task, unbatched_overhead
+from autocontrol import POLICY_TOML, digits_task, regression_task
+from client_ab import ServeProcess, unbatched_overhead
 
 VARIANTS: tuple[str, ...] = ("1", "budget")  # every step, and the default
 
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # as bench/autocontrol.py: two threads stall on 2 shared cores
     torch.set_flush_denormal(True)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, ServeProcess(Path(tmp) / "o.db") as serve:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ServeProcess(Path(tmp) / "o.db", POLICY_TOML) as serve,
+    ):
         for task in (digits_task(1), regression_task(1)):
             for opt in ("sgd", "adam"):
                 for rnd in range(args.rounds):
