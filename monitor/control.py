@@ -507,33 +507,38 @@ class RunController:
         return veto or self._rules.decide(hit, self._lr)
 
     def _veto(self, hit: Detection) -> Decision | None:
-        """A plateau (or stuck) while the steps are demonstrably too small: record, no cut.
+        """A plateau (or stuck) while the steps are demonstrably too small: record, no cut."""
+        why = self._slow_start(hit) or self._too_small_now()
+        if why is None:
+            return None
+        return Decision(hit.step, hit.kind, hit.reason, None, why, dict(hit.data))
 
-        A stuck loss is also no dead net while the LR is at most one increase above one at
-        which the cosine said the steps were too small: the alignment window starts afresh
-        after the raise and may not say so yet, but a far too high LR never looked too small.
-        """
-        slow = self._too_small_lr
-        lr = self._lr
-        raise_limit = self._policy.rules.increase_factor * (1 + 1e-9)
-        if (hit.data.get("cause") == "stuck" and slow is not None and lr is not None
-                and lr <= slow * raise_limit):  # fmt: skip
-            why = (
-                f"a slow start, not a dead net: the steps were too small at LR {slow:.3g} "
-                f"and the LR is {lr:.3g}"
-            )
-            return Decision(hit.step, hit.kind, hit.reason, None, why, dict(hit.data))
+    def _slow_start(self, hit: Detection) -> str | None:
+        """Why a stuck loss is no dead net: the LR is at most one increase above one at which
+        the cosine said the steps were too small (the alignment window starts afresh after
+        the raise and may not say so yet, but a far too high LR never looked too small)."""
+        slow, lr = self._too_small_lr, self._lr
+        if hit.data.get("cause") != "stuck" or slow is None or lr is None:
+            return None
+        if lr > slow * self._policy.rules.increase_factor * (1 + 1e-9):
+            return None
+        return (
+            f"a slow start, not a dead net: the steps were too small at LR {slow:.3g} "
+            f"and the LR is {lr:.3g}"
+        )
+
+    def _too_small_now(self) -> str | None:
+        """Why the steps are too small now: the alignment window's mean says so."""
         align = self._detectors["alignment"]
         assert isinstance(align, AlignmentDetector)
         mean, n = align.window_mean()
         limit = align.config.threshold
         if n < _VETO_POINTS or mean <= limit:
             return None
-        why = (
+        return (
             f"steps too small: mean {align.config.series} {mean:+.2f} over the last {n} points "
             f"> {limit:g}; the loss is creeping, not at its floor"
         )
-        return Decision(hit.step, hit.kind, hit.reason, None, why, dict(hit.data))
 
     def _restart(self, step: int, series: str, last: int) -> Decision:
         for det in self._detectors.values():
