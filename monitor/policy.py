@@ -60,8 +60,8 @@ Final decay: when the run's length is known (``total_steps``) and the mode is ``
 last ``decay_share`` of the run lowers the LR linearly towards 0 in ``decay_stages`` steps
 (kind ``decay``), whatever LR the rules above arrived at: they find the LR to train at, the
 decay then trades the noise floor of that LR for a lower one, as the decay phase of a
-warmup-stable-decay schedule does. Decay stages bypass cooldown and cap; from the first one
-no increase is made and no cut is credited for the fall the decay causes.
+warmup-stable-decay schedule does. Decay stages bypass cooldown and cap; from its start step
+no increase is made, and no cut is credited for the fall the decay causes.
 """
 
 from __future__ import annotations
@@ -640,7 +640,9 @@ class Policy:
         c = self.config
         if c.increase_factor <= 1.0 or c.max_increases == 0:
             return None, "increases are off (increase_factor 1 or max_increases 0)"
-        if self._decay_stage:
+        if self._decay_stage or step >= self.decay_start():
+            # By step, too: the cosine's detection for a step can be judged before that
+            # step's loss point, which makes the first stage.
             return None, "the final decay is on: no more increases"
         if self._increase_blocked:
             return None, f"no more increases: {self._increase_blocked}"

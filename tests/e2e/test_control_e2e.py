@@ -86,7 +86,11 @@ def test_a_run_of_known_length_ends_with_the_decay(tmp_path) -> None:
         last = int(decay[-1].reason.split("final decay ", 1)[1].split("/", 1)[0])
         ratio = decay[-1].lrs_after[0] / decay[0].lrs_before[0]
         assert abs(ratio - (1 - (last - 0.5) / 10)) < 1e-6, [(ch.step, ch.reason) for ch in decay]
-        assert all(e.kind != "lr_too_small" for e in events if e.step >= 480)
+        # The cosine may still say "too small" in the decay; the policy records it, no increase.
+        late = [e for e in events if e.kind == "lr_too_small" and e.step >= 480]
+        assert all("final decay is on" in e.data.get("why_not", "") for e in late), [
+            (e.step, e.reason, e.data.get("why_not")) for e in late
+        ]
 
 
 def test_advise_records_and_a_person_approves(tmp_path) -> None:

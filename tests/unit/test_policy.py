@@ -285,6 +285,16 @@ def test_final_decay_ends_increases_and_follow_through() -> None:
     assert p.decide(det(601, "divergence"), 0.03).command == ("scale", 0.1), "emergencies cut"
 
 
+def test_no_increase_from_the_decay_start_even_before_its_first_stage() -> None:
+    # The cosine's detection for step 500 can be judged before the loss point of step 500
+    # that makes the first stage: the decay start alone must refuse the increase.
+    p = auto(total_steps=1000, decay_share=0.5, cooldown=0, probation=50, probe_share=0.0)
+    _run_losses(p, range(500), 0.1)
+    refused = p.decide(det(500, "lr_too_small"), 0.1)
+    assert refused.command is None and "final decay" in refused.why_not
+    assert p.decide(det(499, "lr_too_small"), 0.1).command == ("scale", 2.0), "before it: yes"
+
+
 def test_final_decay_clips_at_min_lr() -> None:
     p = auto(total_steps=100, decay_share=0.5, decay_stages=2, min_lr=0.01, probe_share=0.0)
     lr, made = _run_losses(p, range(100), 0.02)
