@@ -121,8 +121,8 @@ def unbatched_overhead(task: Task, opt: str, endpoint: str, steps: int = 300, bl
                 in_opt[variant] += t_opt
                 in_monitor += t_mon
     mon.close()
-    stats = mon._stats
-    cadence = stats._cadence if stats is not None else None
+    stats = mon.stats
+    cadence = stats.cadence if stats is not None else None
     n = blocks * per_block
     ratios = [b / a for a, b in zip(times["plain"], times["lrpilot"], strict=True)]
     plain_us = statistics.median(times["plain"]) * 1e6

@@ -416,6 +416,12 @@ class Monitor:
         return self._lr.lrs() if self._lr is not None else []
 
     @property
+    def stats(self) -> StatsCollector | None:
+        """The gradient statistics collector (its cadence, cosine source, memory), or None
+        for a Monitor given neither a model nor an optimizer."""
+        return self._stats
+
+    @property
     def dropped(self) -> int:
         """Points dropped because the controller could not take them (bounded buffer)."""
         return self._transport.report.dropped_points

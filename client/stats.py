@@ -316,6 +316,12 @@ class StatsCollector:
         return self._cadence.every if self._cadence is not None else self._cos_every
 
     @property
+    def cadence(self) -> CosineCadence | None:
+        """The ``"budget"`` cadence with what it measured (``every``, ``cost``, ``rest``),
+        or None under a fixed ``cos_every``."""
+        return self._cadence
+
+    @property
     def memory_bytes(self) -> int:
         """Device memory this collector holds between steps (parameter copies, if any)."""
         own = sum(t.numel() * t.element_size() for t in self._snap) if self._snap else 0

@@ -212,10 +212,14 @@ def test_auto_control_gets_the_cosine_on_its_budget_cadence(
     mon.close()
     got = [s for s, n, v in t.points() if n == "cos_grad_update"]
     assert got == cos_steps
-    assert mon._stats is not None
-    assert mon._stats.config.cos_every == ("budget" if control == "auto" else 20)
+    assert mon.stats is not None
+    assert mon.stats.config.cos_every == ("budget" if control == "auto" else 20)
+    # The budget cadence is public, with what it measured; a fixed cadence has none.
+    assert (mon.stats.cadence is not None) == (control == "auto")
+    assert mon.stats.cos_every == (1 if control == "auto" else 20)  # dense for its first 64
     assert all(-1 <= v <= 1 for _, n, v in t.points() if n == "cos_grad_update")
     explicit = Monitor(run="x", optimizer=opt, model=model, control="auto",
                        transport=MemoryTransport(), stats=StatsConfig(cos_every=5))  # fmt: skip
-    assert explicit._stats is not None and explicit._stats._cos_every == 5
+    assert explicit.stats is not None and explicit.stats.cos_every == 5
+    assert explicit.stats.cadence is None
     explicit.close()
