@@ -9,6 +9,9 @@ than one such commit. Committed batches feed each run's :class:`RunController` t
 detection backend (:mod:`.detection`; by default a child process on another core), whose
 decisions come back in order and become events and, in auto mode, LR commands.
 
+The WAL is copied into the database file by a thread of its own (:mod:`.checkpoint`), so
+that no commit of the loop pays for a checkpoint.
+
 Per-run state in memory is bounded: finished and long-silent runs are forgotten (the store
 keeps everything), and at most ``_MAX_SESSIONS`` runs are held.
 
@@ -51,6 +54,7 @@ from ..client.protocol import (
     decode,
     encode,
 )
+from .checkpoint import Checkpointer
 from .commands import CommandFlow
 from .detection import Detection, InlineDetection, WorkerDetection
 from .errors import (
@@ -183,6 +187,7 @@ class Controller(CommandFlow, RequestHandlers):
         self._txn_started = 0.0
         self._poller = zmq.Poller()
         self._next_sweep = 0.0
+        self._checkpointer: Checkpointer | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -244,6 +249,7 @@ class Controller(CommandFlow, RequestHandlers):
         self._poller.register(sock, zmq.POLLIN)
         if self.detect == "process":
             self._start_worker()
+        self._checkpointer = Checkpointer(self.db_path).start()
         if self._watcher is not None:
             self._watcher.start()  # now, so no save between bind and serve goes unseen
         return self.endpoint
@@ -305,6 +311,13 @@ class Controller(CommandFlow, RequestHandlers):
             self._ctx.term()
             self._ctx = None
 
+    def _close_store(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+        if self.store is not None:
+            self.store.close()
+
     def _release_lock(self) -> None:
         if self._lock_file is not None:
             with contextlib.suppress(OSError):
@@ -319,8 +332,7 @@ class Controller(CommandFlow, RequestHandlers):
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
-        if self.store is not None:
-            self.store.close()
+        self._close_store()
         self._release_lock()
         self._close_context()
 
@@ -345,7 +357,7 @@ class Controller(CommandFlow, RequestHandlers):
                 self._watcher.stop()
             self._sock.close(0)
             self._sock = None
-            self.store.close()
+            self._close_store()
             self._release_lock()
             self._close_context()
 

@@ -205,7 +205,9 @@ class Store:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 # Points of many runs land on many B-tree leaves at once: a page cache that
                 # holds them, and a checkpoint every ~40 MB of WAL rather than every 4 MB,
-                # make bulk inserts about 2x faster (bench/ingest.py, 100 runs).
+                # make bulk inserts about 2x faster (bench/ingest.py, 100 runs). The
+                # controller copies the log from a thread (monitor/checkpoint.py); this
+                # automatic checkpoint is the fallback that bounds the log.
                 self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
                 self._conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
             self._conn.execute("PRAGMA busy_timeout=5000")
