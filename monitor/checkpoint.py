@@ -35,8 +35,9 @@ class Checkpointer:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
         self.path = Path(path)
         self.interval = interval
-        self.checkpoints = 0  # checkpoints that copied at least one page
-        self.pages = 0  # pages copied into the database file
+        # Checkpoints that found the log changed and copied from it (SQLite reports only
+        # what the current log holds and how much of it is copied, not a count per call).
+        self.checkpoints = 0
         self.errors = 0
         self.last_error = ""
         self._stop = threading.Event()
@@ -55,7 +56,7 @@ class Checkpointer:
 
     def _run(self) -> None:
         conn = None
-        copied = 0  # pages of the current log already copied (the log restarts: it falls)
+        last = (0, 0)  # (frames in the log, frames copied) at the last look
         try:
             while not self._stop.wait(self.interval):
                 try:
@@ -68,13 +69,9 @@ class Checkpointer:
                 if self.last_error:
                     log.info("WAL checkpoints of %s resumed", self.path)
                     self.last_error = ""
-                if frames < 0:  # not in WAL mode (yet): nothing to copy
-                    continue
-                fresh = done - copied if done >= copied else done
-                copied = done
-                if fresh > 0:
+                if done > 0 and (frames, done) != last:  # frames < 0: not in WAL mode (yet)
                     self.checkpoints += 1
-                    self.pages += fresh
+                last = (frames, done)
         finally:
             if conn is not None:
                 conn.close()

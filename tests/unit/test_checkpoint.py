@@ -48,8 +48,8 @@ def test_the_thread_copies_what_the_writer_commits(tmp_path: Path) -> None:
         burst(conn, 0)
         # Only a checkpoint writes the database file itself: it grows by the copied pages.
         wait_for(lambda: db.stat().st_size > 2_000_000, what="the committed pages to be copied")
-        wait_for(lambda: cp.pages >= 400, what="the copy to be counted")
-        assert cp.checkpoints >= 1 and cp.errors == 0
+        wait_for(lambda: cp.checkpoints >= 1, what="the copy to be counted")
+        assert cp.errors == 0
         # Once all is copied the log restarts from its start: a later burst is copied too.
         burst(conn, 4000)
         wait_for(lambda: db.stat().st_size > 4_000_000, what="the second burst to be copied")
