@@ -386,13 +386,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     s = _client(args).request("status")
-    print(f"controller {s['endpoint']}  db {s['db']} ({s['db_bytes'] / 1e6:.1f} MB)")
+    print(
+        f"controller {s['endpoint']}  db {s['db']} ({s['db_bytes'] / 1e6:.1f} MB, of which "
+        f"WAL {s.get('wal_bytes', 0) / 1e6:.1f} MB)"
+    )
     print(
         f"up {s['uptime_s']:.0f} s, {s['live_runs']} live runs, {s['points']} points "
         f"({s['points_per_s']:.0f}/s), {s['commands_sent']} commands sent"
     )
     rejected = s["rejected"]
     print("rejected: " + (", ".join(f"{k}: {v}" for k, v in rejected.items()) or "none"))
+    if s.get("checkpoint_error"):
+        print(f"WAL checkpoints failing: {s['checkpoint_error']} (SQLite's own go on)")
     return 0
 
 

@@ -18,6 +18,7 @@ from .control import Decision
 from .errors import ControllerError, LrpilotError
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpointer
     from .detection import Detection
     from .sessions import ControllerStats, Session
     from .store import Store
@@ -43,6 +44,7 @@ class RequestHandlers:
         db_path: Path
         _sessions: dict[str, Session]
         _detection: Detection
+        _checkpointer: Checkpointer | None
 
         def _reject(self, reason: str, detail: str = "") -> None: ...
         def _record_results(self) -> None: ...
@@ -183,9 +185,10 @@ class RequestHandlers:
         assert self.store is not None
         elapsed = max(time.time() - self.stats.started, 1e-9)
         live = sum(1 for r in self.store.runs() if r.status == "live")
-        size = sum(
-            p.stat().st_size for p in (self.db_path, Path(f"{self.db_path}-wal")) if p.exists()
-        )
+        wal = Path(f"{self.db_path}-wal")
+        wal_bytes = wal.stat().st_size if wal.exists() else 0
+        size = (self.db_path.stat().st_size if self.db_path.exists() else 0) + wal_bytes
+        cp = self._checkpointer
         return {
             "endpoint": self.endpoint, "db": str(self.db_path.resolve()), "db_bytes": size,
             "uptime_s": elapsed, "messages": self.stats.messages, "points": self.stats.points,
@@ -193,4 +196,6 @@ class RequestHandlers:
             "duplicates": self.stats.duplicates, "rejected": dict(self.stats.rejected),
             "live_runs": live, "commands_sent": self.stats.commands_sent,
             "runs_in_memory": len(self._sessions), "detection_backlog": self._detection.backlog,
+            "wal_bytes": wal_bytes, "checkpoints": cp.checkpoints if cp is not None else 0,
+            "checkpoint_error": cp.last_error if cp is not None else "",
         }  # fmt: skip
