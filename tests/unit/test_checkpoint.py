@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from lrpilot.monitor.checkpoint import Checkpointer
 from lrpilot.monitor.server import Controller
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+from support import wait_for
 
 
 def writer(path: Path) -> sqlite3.Connection:

@@ -137,8 +137,8 @@ def test_an_applied_command_tells_the_statistics_the_lr_changed() -> None:
     tests start afresh."""
     mon, t, opt = make(stats=StatsConfig(cos_every="budget"))
     told: list[int] = []
-    assert mon._stats is not None
-    mon._stats.lr_changed = lambda: told.append(mon.steps)  # type: ignore[method-assign]
+    assert mon.stats is not None
+    mon.stats.lr_changed = lambda: told.append(mon.steps)  # type: ignore[method-assign]
     mon.step(loss=1.0)
     mon.step(loss=1.0)
     assert told == []
